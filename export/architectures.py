@@ -58,6 +58,10 @@ class Architecture:
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
+    def moe(self) -> bool:
+        return bool(self.expert_tensors)
+
+    @property
     def gguf_arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
 

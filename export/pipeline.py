@@ -21,9 +21,10 @@ from .source import Source
 
 def _exporters() -> dict:
     from .gguf_export import GGUFExporter
+    from .onnx_export import OnnxExporter
     from .vllm_export import VLLMExporter
 
-    return {"gguf": GGUFExporter(), "hf-mxfp4": VLLMExporter()}
+    return {"gguf": GGUFExporter(), "hf-mxfp4": VLLMExporter(), "onnx": OnnxExporter()}
 
 
 def _job(model: str, target: str, *, revision=None, quantization=None, allow_pickle=False,
@@ -94,7 +95,8 @@ def _failures(report: dict) -> str:
 def parity_notes(job: Job) -> list[str]:
     notes = []
     rp = config_value(job.src.config, "rope_parameters") or {}
-    if job.arch.rope_scaling and rp.get("rope_type") == "yarn" and rp.get("truncate") is False:
+    if (job.profile.runtime == "llama.cpp" and job.arch.rope_scaling and rp.get("rope_type") == "yarn"
+            and rp.get("truncate") is False):
         notes.append(job.arch.notes.get("yarn_truncate", "YaRN truncate=false"))
     return notes
 

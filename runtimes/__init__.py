@@ -15,6 +15,7 @@ RUNTIMES = {
     "llama.cpp": "runtimes.llamacpp:LlamaCppRuntime",
     "transformers": "runtimes.reference:ReferenceRuntime",
     "vllm": "runtimes.vllm:VLLMRuntime",
+    "onnxruntime": "runtimes.onnxrt:OnnxRuntime",
 }
 
 __all__ = ["RUNTIMES", "ModelInfo", "Runtime", "load", "load_runtime"]

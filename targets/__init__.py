@@ -40,12 +40,12 @@ class TargetProfile:
 
     def thresholds(self, arch: str, variant: str | None = None) -> dict[str, dict]:
         """Stage thresholds: the profile's defaults, overridden per architecture and variant
-        (e.g. gpt-oss/mxfp4-source); `reason` strings travel with them into the report."""
+        (e.g. genai-int4, gpt-oss/mxfp4-source); `reason` strings travel with them into the report."""
         out: dict[str, dict] = {}
         th = self.parity.get("thresholds", {})
         for stage, values in th.items():
             merged = {k: v for k, v in values.items() if not isinstance(v, dict)}
-            for key in (arch, f"{arch}/{variant}" if variant else None):
+            for key in (arch, variant, f"{arch}/{variant}" if variant else None):
                 if key and isinstance(values.get(key), dict):
                     merged.update(values[key])
             out[stage] = merged
