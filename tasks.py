@@ -106,6 +106,32 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
                   f"{m['quantization']['requested']})", highlight=False)
 
 
+@task(help={
+    "setup": "create (or check) one tool environment now, e.g. onnxruntime-genai",
+    "clear": "remove one tool environment (every pinned version of it)",
+    "clear_all": "remove all tool environments",
+})
+@_cli
+def toolenvs(c, setup=None, clear=None, clear_all=False):
+    """List the pinned tool environments exporters run in (created on first use, then reused).
+
+    They live in ~/.cache/edgeport/toolenvs (or $EDGEPORT_TOOLENVS); each directory name carries
+    a hash of its pins, so a changed pin makes a fresh one.
+    """
+    from export import toolenv
+
+    if setup:
+        toolenv.get(setup)
+    if clear or clear_all:
+        for p in toolenv.clear(None if clear_all else clear):
+            print(f"removed {p}")
+        return
+    print(f"tool environments in {toolenv.root()}:")
+    for e in toolenv.listing():
+        state = "ready" if e["ready"] else "not created yet"
+        print(f"  {e['name']:<18} {state:<16} {e['purpose']}\n  {'':<18} {e['path']}")
+
+
 @task(help={"artifact": "an artifact directory made by `invoke export`"})
 @_cli
 def parity(c, artifact):

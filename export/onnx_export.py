@@ -69,8 +69,7 @@ class OnnxExporter:
         _copy_graph(graph, out)
         inputs = {"quantized" if precision != "fp32" else "unquantized": out}
         if precision != "fp32":
-            with step("building the fp32 graph for the fidelity stage"):
-                inputs["unquantized"], _ = build(job, "fp32", ep, work / "fp32", [])
+            inputs["unquantized"] = self._fp32_for_parity(job, ep, work)
         variant = f"{kind}-{precision}" + ("-mxfp4-experts" if record.get("via_mxfp4") else "")
         return Built(
             runtime={"name": self.runtime, "model_file": ".", "options": {"ep": ep}, "graph": kind},
@@ -80,12 +79,19 @@ class OnnxExporter:
         )
 
     def unquantized(self, job: Job, work: Path) -> Path | None:
-        ep = job.policy.get("ep") or job.profile.runtime_options.get("ep", "cpu")
-        kind = graph_kind(ep)
         if job.quantization == "fp32":
             return None
-        build = self._genai if kind == "genai" else self._qdq
-        return build(job, "fp32", ep, work / "fp32", [])[0]
+        return self._fp32_for_parity(job, job.policy.get("ep") or job.profile.runtime_options.get("ep", "cpu"), work)
+
+    def _fp32_for_parity(self, job: Job, ep: str, work: Path) -> Path:
+        """The fp32 graph of the same kind, for the fidelity stage. genai graphs are built for
+        the CPU EP: the parity runs on CPU, and the builder's CUDA fp32 graph (MultiHeadAttention
+        instead of GQA) declares KV outputs no node produces (onnx.checker rejects it)."""
+        kind = graph_kind(ep)
+        with step("building the fp32 graph for the fidelity stage"):
+            if kind == "genai":
+                return self._genai(job, "fp32", "cpu", work / "fp32", [])[0]
+            return self._qdq(job, "fp32", ep, work / "fp32", [])[0]
 
     # --- onnxruntime-genai builder --------------------------------------------------------
     def _genai(self, job: Job, precision: str, ep: str, work: Path, messages: list[str]):

@@ -140,8 +140,9 @@ def parity_for_artifact(artifact: Path) -> dict:
     import tempfile
 
     m = mf.load(artifact)
+    ep = m["runtime"].get("options", {}).get("ep")  # onnx: the graph kind follows the EP
     job = _job(m["source"]["path"], m["target"], revision=m["source"].get("revision"),
-               quantization=m["quantization"]["requested"])
+               quantization=m["quantization"]["requested"], policy={"ep": ep} if ep else None)
     now = job.src.checksums()
     if {k: v["sha256"] for k, v in now.items()} != {k: v["sha256"] for k, v in m["source"]["files"].items()}:
         raise SourceError(f"the source at {job.src.root} no longer matches the manifest's checksums")

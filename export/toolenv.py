@@ -110,7 +110,7 @@ class ToolEnv:
             self._pip(py, ["install", "--progress-bar", "off", *self.spec.requirements])
             with step(f"{self.spec.name}: checking its imports"):
                 _checked([str(py), "-c", self.spec.check], f"{self.spec.name}: import check failed")
-            freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True,
+            freeze = subprocess.run([str(py), "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                                     check=True).stdout.split()
             (partial / MARKER).write_text(json.dumps(
                 {"name": self.spec.name, "requirements": list(self.spec.requirements),
