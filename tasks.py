@@ -64,12 +64,14 @@ def models(c, force=False):
 
 
 @task(help={
-    "target": "cpu | apple | vllm | onnx (one profile per file in targets/)",
+    "target": "cpu | apple | vllm | onnx | jetson (one profile per file in targets/)",
     "model": f"HF checkpoint directory or hub id (default: {DEFAULT_MODEL}, the bundled trained tiny gpt-oss)",
     "out": "artifact directory (default: artifacts/<model>/<target>/)",
     "revision": "hub revision (branch, tag or commit) when --model is a hub id",
     "quantization": "override the target's scheme, e.g. Q4_K_M, Q8_0, MXFP4_MOE (gguf); int8, int4, fp32 (onnx)",
     "precision": "same as --quantization (the word ONNX and Jetson users say)",
+    "fallback": "where the target cannot build the model (gpt-oss on jetson), build the artifact that runs "
+                "on that device instead (its manifest says so); without it such a request exits 2",
     "ep": "onnx: execution provider cpu | cuda (onnxruntime-genai graphs) | tensorrt (standard-op INT8 Q/DQ)",
     "no_parity": "skip the parity gate (the manifest then says parity: null)",
     "force": "replace an existing artifact directory",
@@ -81,7 +83,7 @@ def models(c, force=False):
 @_cli
 def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quantization=None,
            no_parity=False, force=False, keep_failed=False, allow_pickle=False, trust_remote_code=False,
-           bf16_experts=None, precision=None, ep=None):
+           bf16_experts=None, precision=None, ep=None, fallback=False):
     """Export a Hugging Face checkpoint for a target, then prove it with the parity gate.
 
     Builds in a temporary directory next to --out and moves it into place only when
@@ -98,7 +100,8 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
     policy = {k: v for k, v in (("bf16_experts", bf16_experts), ("ep", ep)) if v}
     path, m = run_export(model, target, Path(out) if out else None, parity=not no_parity, force=force,
                          keep_failed=keep_failed, revision=revision, quantization=precision or quantization,
-                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, policy=policy or None)
+                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, policy=policy or None,
+                         fallback=fallback)
     model_file = m["runtime"]["model_file"]
     size = sum(f["bytes"] for f in m["files"]
                if model_file == "." or f["path"] == model_file)

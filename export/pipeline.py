@@ -51,16 +51,36 @@ def default_out(model: str, target: str) -> Path:
 
 
 def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: bool = True,
-           force: bool = False, keep_failed: bool = False, **kw) -> tuple[Path, dict]:
+           force: bool = False, keep_failed: bool = False, fallback: bool = False,
+           fallback_of: dict | None = None, **kw) -> tuple[Path, dict]:
+    """`fallback`: where the target cannot build this architecture but names a target whose
+    artifact runs on the same device (gpt-oss on jetson -> vllm), build that one instead and
+    say so in the output and manifest; without it such a request is an error."""
+    from targets import FallbackAvailable
+
     from .atomic import staging
 
-    job = _job(model, target, **kw)
+    try:
+        job = _job(model, target, **kw)
+    except FallbackAvailable as e:
+        if not fallback:
+            raise
+        console.print(f"[yellow]fallback:[/yellow] {e}".replace(
+            "Pass --fallback to produce", "Producing"), highlight=False)
+        out = Path(out) if out else default_out(model, target)
+        kw.pop("policy", None)  # the requested target's options do not apply to the other one
+        return export(model, e.target, out, parity=parity, force=force, keep_failed=keep_failed,
+                      fallback_of={"requested_target": target, "produced_target": e.target,
+                                   "reason": " ".join(str(e).split())}, **kw)
     out = Path(out) if out else default_out(model, target)
     exporter = _exporters()[job.profile.format]
     with job.progress, staging(out, force) as tmp:
         work = tmp / ".work"
         work.mkdir()
         built = exporter.export(job, tmp, work)
+        if fallback_of:
+            built.messages.append(f"--target {fallback_of['requested_target']} cannot build "
+                                  f"{job.arch.name}; this is the --target {target} artifact")
         if "serve" in built.runtime:  # exporters write into a temp dir; name the final one
             built.runtime["serve"] = built.runtime["serve"].replace("{artifact}", str(out))
         built.messages = [m.replace("{artifact}", str(out)) for m in built.messages]
@@ -69,6 +89,8 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
         manifest = mf.build(src=job.src, arch=job.arch.name, target=target, fmt=job.profile.format,
                             runtime=built.runtime, quantization=built.quantization, root=tmp,
                             model=model_info(job.src), tools=built.tools)
+        if fallback_of:
+            manifest["fallback"] = fallback_of
         report = None
         if parity:
             report = run_parity(job, built.runtime, built.parity_inputs, built.variant)

@@ -13,6 +13,14 @@ from pathlib import Path
 
 from export.errors import TargetError
 
+
+class FallbackAvailable(TargetError):
+    """The target cannot take this architecture, but another target makes what runs on the device."""
+
+    def __init__(self, message: str, target: str):
+        super().__init__(message)
+        self.target = target
+
 HERE = Path(__file__).parent
 
 
@@ -28,8 +36,16 @@ class TargetProfile:
     architectures: dict = field(default_factory=dict)  # arch name -> policy table
     unsupported: dict = field(default_factory=dict)  # arch name -> why not, and what fits
     parity: dict = field(default_factory=dict)
+    devices: dict = field(default_factory=dict)  # device name -> limits (jetson)
+    stacks: dict = field(default_factory=dict)  # software stack -> what it takes (jetson)
+    fallback: dict = field(default_factory=dict)  # arch -> {target, reason}: what runs it instead
 
     def policy(self, arch: str) -> dict:
+        if arch in self.fallback:
+            fb = self.fallback[arch]
+            raise FallbackAvailable(
+                f"target {self.name} cannot build {arch}: {' '.join(fb['reason'].split())} "
+                f"Pass --fallback to produce the --target {fb['target']} artifact instead.", fb["target"])
         if arch in self.unsupported:
             raise TargetError(f"target {self.name} does not take {arch}: {self.unsupported[arch]}")
         if arch not in self.architectures:
