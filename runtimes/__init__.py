@@ -16,6 +16,7 @@ RUNTIMES = {
     "transformers": "runtimes.reference:ReferenceRuntime",
     "vllm": "runtimes.vllm:VLLMRuntime",
     "onnxruntime": "runtimes.onnxrt:OnnxRuntime",
+    "simulated": "runtimes.simulated:SimulatedRuntime",
 }
 
 __all__ = ["RUNTIMES", "ModelInfo", "Runtime", "load", "load_runtime"]
