@@ -72,6 +72,8 @@ def models(c, force=False):
     "precision": "same as --quantization (the word ONNX and Jetson users say)",
     "fallback": "where the target cannot build the model (gpt-oss on jetson), build the artifact that runs "
                 "on that device instead (its manifest says so); without it such a request exits 2",
+    "jetpack": "jetson: 7.2 (default: TensorRT Edge-LLM ONNX + kit) or 6 (TensorRT-LLM v0.12 W8A16 kit)",
+    "device": "jetson: orin-agx-64gb (default), orin-agx-32gb, orin-nx-16gb, orin-nano-8gb (engine limits)",
     "ep": "onnx: execution provider cpu | cuda (onnxruntime-genai graphs) | tensorrt (standard-op INT8 Q/DQ)",
     "no_parity": "skip the parity gate (the manifest then says parity: null)",
     "force": "replace an existing artifact directory",
@@ -83,7 +85,7 @@ def models(c, force=False):
 @_cli
 def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quantization=None,
            no_parity=False, force=False, keep_failed=False, allow_pickle=False, trust_remote_code=False,
-           bf16_experts=None, precision=None, ep=None, fallback=False):
+           bf16_experts=None, precision=None, ep=None, fallback=False, jetpack=None, device=None):
     """Export a Hugging Face checkpoint for a target, then prove it with the parity gate.
 
     Builds in a temporary directory next to --out and moves it into place only when
@@ -97,14 +99,15 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
         models(c)
     if precision and quantization and precision != quantization:
         raise Exit("edgeport: error: --precision and --quantization disagree; give one", code=2)
-    policy = {k: v for k, v in (("bf16_experts", bf16_experts), ("ep", ep)) if v}
+    policy = {k: v for k, v in (("bf16_experts", bf16_experts), ("ep", ep), ("jetpack", jetpack),
+                                ("device", device)) if v}
     path, m = run_export(model, target, Path(out) if out else None, parity=not no_parity, force=force,
                          keep_failed=keep_failed, revision=revision, quantization=precision or quantization,
                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, policy=policy or None,
                          fallback=fallback)
     model_file = m["runtime"]["model_file"]
     size = sum(f["bytes"] for f in m["files"]
-               if model_file == "." or f["path"] == model_file)
+               if model_file == "." or f["path"] == model_file or f["path"].startswith(model_file + "/"))
     console.print(f"[bold]artifact:[/bold] {path / model_file} ({size / 2**20:.1f} MiB, "
                   f"{m['quantization']['requested']})", highlight=False)
 

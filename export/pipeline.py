@@ -21,10 +21,11 @@ from .source import Source
 
 def _exporters() -> dict:
     from .gguf_export import GGUFExporter
+    from .jetson_export import JetsonExporter
     from .onnx_export import OnnxExporter
     from .vllm_export import VLLMExporter
 
-    return {"gguf": GGUFExporter(), "hf-mxfp4": VLLMExporter(), "onnx": OnnxExporter()}
+    return {"gguf": GGUFExporter(), "hf-mxfp4": VLLMExporter(), "onnx": OnnxExporter(), "jetson": JetsonExporter()}
 
 
 def _job(model: str, target: str, *, revision=None, quantization=None, allow_pickle=False,
@@ -93,7 +94,8 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
             manifest["fallback"] = fallback_of
         report = None
         if parity:
-            report = run_parity(job, built.runtime, built.parity_inputs, built.variant)
+            report = run_parity(job, built.runtime, built.parity_inputs, built.variant, root=tmp,
+                                mode=built.parity_mode)
             (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
             manifest["parity"] = report
         _rmtree(work)
@@ -123,9 +125,12 @@ def parity_notes(job: Job) -> list[str]:
     return notes
 
 
-def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | None) -> dict:
+def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | None, *, root: Path,
+               mode: str = "measured") -> dict:
     """Load the reference and each input with the artifact's runtime (or the runtime its
-    manifest names for parity on this machine, `runtime["parity_runtime"]`) and run the gate."""
+    manifest names for parity on this machine, `runtime["parity_runtime"]`, with
+    `parity_options` where `{root}` is the artifact directory) and run the gate.
+    `mode` "simulated" labels a report whose candidate is a simulation of a device engine."""
     from parity import gate
     from runtimes import load_runtime
     from runtimes.reference import ReferenceRuntime
@@ -136,7 +141,11 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
         with step("parity: loading the reference (transformers) and the artifact's runtime"):
             rts["reference"] = ReferenceRuntime(job.src.root)
             name = runtime.get("parity_runtime") or runtime["name"]
-            options = runtime.get("options", {}) if name == runtime["name"] else {}
+            if name == runtime["name"]:
+                options = runtime.get("options", {})
+            else:
+                options = {k: v.replace("{root}", str(root)) if isinstance(v, str) else v
+                           for k, v in runtime.get("parity_options", {}).items()}
             for role, path in inputs.items():
                 rts[role] = load_runtime(name, path, rts["reference"].info, options)
         with step("parity: scoring the eval set"):
@@ -149,6 +158,10 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
         for r in rts.values():
             r.close()
     report["variant"] = variant
+    report["mode"] = mode
+    if mode == "simulated":
+        report["notes"].insert(0, "SIMULATED: the candidate is the artifact's quantization computed in torch on CPU, "
+                                  "not the device engine (invoke parity --device-output compares the device's output)")
     console.print(gate.table(report))
     if line := gate.drift_line(report):
         console.print(line, highlight=False)
@@ -162,19 +175,24 @@ def parity_for_artifact(artifact: Path) -> dict:
     import tempfile
 
     m = mf.load(artifact)
-    ep = m["runtime"].get("options", {}).get("ep")  # onnx: the graph kind follows the EP
+    opts = m["runtime"].get("options", {})
+    policy = {k: opts[k] for k in ("ep", "jetpack", "device") if k in opts}  # the artifact's own choices
     job = _job(m["source"]["path"], m["target"], revision=m["source"].get("revision"),
-               quantization=m["quantization"]["requested"], policy={"ep": ep} if ep else None)
+               quantization=m["quantization"]["requested"], policy=policy or None)
     now = job.src.checksums()
     if {k: v["sha256"] for k, v in now.items()} != {k: v["sha256"] for k, v in m["source"]["files"].items()}:
         raise SourceError(f"the source at {job.src.root} no longer matches the manifest's checksums")
     exporter = _exporters()[job.profile.format]
     with tempfile.TemporaryDirectory(prefix="edgeport-parity-", dir=artifact.parent) as work, job.progress:
-        inputs = {"quantized": artifact / m["runtime"]["model_file"]}
+        rt = m["runtime"]
+        inputs = {"quantized": artifact / (rt.get("parity_model") or rt["model_file"])}
+        if "parity_model" in rt and rt["parity_model"] is None:
+            inputs["quantized"] = job.src.root
         with step("rebuilding the unquantized model for the fidelity stage"):
             if (unq := exporter.unquantized(job, Path(work))) is not None:
                 inputs["unquantized"] = unq
-        report = run_parity(job, m["runtime"], inputs, m["quantization"].get("variant"))
+        mode = "simulated" if rt.get("parity_runtime") == "simulated" else "measured"
+        report = run_parity(job, rt, inputs, m["quantization"].get("variant"), root=artifact, mode=mode)
     (artifact / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     m["parity"] = report
     mf.write(artifact, m)

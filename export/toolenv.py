@@ -68,6 +68,14 @@ TOOLENVS: dict[str, ToolEnvSpec] = {
          "onnxruntime==1.32.0"),
         "import optimum.exporters.onnx, torch, transformers",
     ),
+    "tensorrt-edgellm": ToolEnvSpec(
+        "tensorrt-edgellm",
+        "TensorRT Edge-LLM's quantizer (ModelOpt SmoothQuant / AWQ, on CPU) and ONNX exporter",
+        # the [export] extra has no ModelOpt; quantize needs it (and datasets for calibration text)
+        ("tensorrt-edgellm[export]==0.11.0", "nvidia-modelopt==0.45.0", "datasets==5.0.0", "tqdm==4.69.0",
+         "torch==2.13.0", "transformers==5.14.1"),
+        "import tensorrt_edgellm.scripts.export, tensorrt_edgellm.scripts.quantize, modelopt.torch.quantization",
+    ),
 }
 
 
@@ -153,16 +161,21 @@ class ToolEnv:
                 return ver
         return None
 
-    def run(self, args: Sequence[str], log: Path, what: str, cwd: Path | None = None) -> None:
-        """`python -m ...` in the env, output to `log`; on failure the error shows its tail."""
+    def run(self, args: Sequence[str], log: Path, what: str, cwd: Path | None = None,
+            env_extra: dict[str, str] | None = None) -> str:
+        """`python ...` in the env, output to `log` (returned); on failure the error shows its tail."""
         env = _clean_env()
-        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})  # never fetch weights
+        # never fetch weights or datasets
+        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        env.update(env_extra or {})
         with step(what), open(log, "w") as f:
             rc = subprocess.run([str(self.python), *args], stdout=f, stderr=subprocess.STDOUT,
                                 env=env, cwd=cwd).returncode
+        text = log.read_text(errors="replace")
         if rc != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            tail = "\n".join(text.splitlines()[-15:])
             raise ToolError(f"{what} failed (exit {rc}); last lines of {log.name}:\n{tail}")
+        return text
 
 
 def _clean_env() -> dict:
