@@ -138,16 +138,25 @@ def toolenvs(c, setup=None, clear=None, clear_all=False):
         print(f"  {e['name']:<18} {state:<16} {e['purpose']}\n  {'':<18} {e['path']}")
 
 
-@task(help={"artifact": "an artifact directory made by `invoke export`"})
+@task(help={"artifact": "an artifact directory made by `invoke export`",
+            "device_output": "jetson: the device_output.json the kit's run.sh wrote on the device; "
+                             "compares the device's own output with the reference (device_parity.json)"})
 @_cli
-def parity(c, artifact):
+def parity(c, artifact, device_output=None):
     """Re-run the parity gate on an artifact against its source; writes parity.json.
 
+    With --device-output: compare what the Jetson produced (run.sh) with the reference instead.
     Exits non-zero when any judged stage fails its target's thresholds.
     """
     _quiet_libs()
-    from export.pipeline import parity_for_artifact
+    from export.pipeline import device_parity, parity_for_artifact
 
+    if device_output:
+        report = device_parity(Path(artifact), Path(device_output))
+        print(json.dumps({k: v for k, v in report.items() if k != "prompts"}, indent=2))
+        if not report["passed"]:
+            raise Exit(code=1)
+        return
     report = parity_for_artifact(Path(artifact))
     if not report["passed"]:
         print("edgeport: parity failed", file=sys.stderr)

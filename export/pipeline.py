@@ -197,3 +197,22 @@ def parity_for_artifact(artifact: Path) -> dict:
     m["parity"] = report
     mf.write(artifact, m)
     return report
+
+
+def device_parity(artifact: Path, device_output: Path) -> dict:
+    """Compare a Jetson kit's device_output.json with the reference; stored as device_parity.json
+    and in the manifest."""
+    from parity.device import compare
+    from runtimes.reference import ReferenceRuntime
+
+    m = mf.load(artifact)
+    src = Source.open(m["source"]["path"], m["source"].get("revision"))
+    recorded = {k: v["sha256"] for k, v in m["source"]["files"].items()}
+    if {k: v["sha256"] for k, v in src.checksums().items()} != recorded:
+        raise SourceError(f"the source at {src.root} no longer matches the manifest's checksums")
+    with step("device parity: the reference against the device's output"), ReferenceRuntime(src.root) as ref:
+        report = compare(artifact, device_output, ref)
+    (artifact / "device_parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    m["device_parity"] = {k: v for k, v in report.items() if k != "prompts"}
+    mf.write(artifact, m)
+    return report

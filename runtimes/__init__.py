@@ -17,6 +17,8 @@ RUNTIMES = {
     "vllm": "runtimes.vllm:VLLMRuntime",
     "onnxruntime": "runtimes.onnxrt:OnnxRuntime",
     "simulated": "runtimes.simulated:SimulatedRuntime",
+    "edgellm": "runtimes.tensorrt:EdgeLLMRuntime",
+    "tensorrt-llm": "runtimes.tensorrt:TensorRTLLMRuntime",
 }
 
 __all__ = ["RUNTIMES", "ModelInfo", "Runtime", "load", "load_runtime"]
