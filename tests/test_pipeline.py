@@ -140,7 +140,7 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "invoke", "export", "--target", "toaster"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    want = "edgeport: error: unknown target 'toaster'; available targets: apple, cpu, onnx, vllm"
+    want = "edgeport: error: unknown target 'toaster'; available targets: apple, cpu, jetson, onnx, vllm"
     assert r.stderr.strip().splitlines() == [want]
 
 
