@@ -55,8 +55,9 @@ def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
 
 def _make_linear_classes(torch):
     class W8A8SmoothQuant(torch.nn.Module):
-        def __init__(self, w_int8, w_scale, smooth, in_scale, bias=None):
+        def __init__(self, w_int8, w_scale, smooth, in_scale, bias=None, activations=True):
             super().__init__()
+            self.activations = activations  # False: the same weights with fp16 activations (diagnosis)
             w = (w_int8.float() * w_scale.float()[:, None]).to(torch.float16).float()
             self.register_buffer("w", w)
             self.register_buffer("smooth", smooth.to(torch.float16).float())
@@ -65,8 +66,9 @@ def _make_linear_classes(torch):
 
         def forward(self, x):
             xs = (x * self.smooth).to(torch.float16).float()
-            q = torch.clamp(torch.round(xs / self.in_scale), -128, 127) * self.in_scale
-            y = torch.nn.functional.linear(q.to(torch.float16).float(), self.w)
+            if self.activations:
+                xs = (torch.clamp(torch.round(xs / self.in_scale), -128, 127) * self.in_scale).to(torch.float16).float()
+            y = torch.nn.functional.linear(xs, self.w)
             return y if self.bias is None else y + self.bias
 
     class W4A16AWQ(torch.nn.Module):
@@ -89,7 +91,7 @@ class SimulatedRuntime(Runtime):
     name = "simulated"
 
     def __init__(self, path: str | Path, info: ModelInfo | None = None, *, hf_dir: str | Path | None = None,
-                 **_ignored):
+                 quantize_activations: bool = True, **_ignored):
         import torch
         from tokenizers import Tokenizer
 
@@ -101,6 +103,7 @@ class SimulatedRuntime(Runtime):
         super().__init__(info or model_info_from_hf(self.hf_dir))
         self.tok = Tokenizer.from_file(str(self.hf_dir / "tokenizer.json"))
         self.quantized: dict[str, str] = {}
+        self.quantize_activations = quantize_activations
         if (path / "hf_quant_config.json").is_file():
             self.scheme = json.loads((path / "hf_quant_config.json").read_text())["quantization"]["quant_algo"]
             self.model = self._from_modelopt(path)
@@ -140,7 +143,7 @@ class SimulatedRuntime(Runtime):
             bias = bias.float() if bias is not None else None
             if w.dtype == torch.int8:
                 new = W8(w, tensors[f"{name}.weight_scale"], tensors[f"{name}.pre_quant_scale"],
-                         tensors[f"{name}.input_scale"], bias)
+                         tensors[f"{name}.input_scale"], bias, self.quantize_activations)
                 self.quantized[name] = "int8 W8A8 SmoothQuant"
             elif w.dtype == torch.uint8:
                 q = torch.from_numpy(unpack_int4_rows(w.numpy()))
