@@ -4,10 +4,10 @@ Both run engines that `build_engine.sh` built on the device, so both need a CUDA
 their library; elsewhere they fail at load with one line saying what is missing. Tokens come
 from the artifact's own tokenizer.json (no GPU needed for those).
 
-- `EdgeLLMRuntime`: Edge-LLM's Python bindings (`tensorrt_edgellm.runtime`, wheels for
-  sm80/86/100/120) when they load, else its `llm_inference` tool (JSON in, JSON out). Edge-LLM
-  returns text, not logits: `logits` says so, and parity on the device compares greedy
-  continuations (`invoke parity --device-output`).
+- `EdgeLLMRuntime`: Edge-LLM's documented `llm_inference` tool (JSON in, JSON out). The wheel's
+  Python bindings exist only for x86 sm80/86/100/120 and their API is the experimental
+  server's internals, so they are not used. Edge-LLM returns text, not logits: `logits` says
+  so, and parity on the device compares greedy continuations (`invoke parity --device-output`).
 - `TensorRTLLMRuntime`: v0.12's `ModelRunner`; full context logits when the engine was built
   with `--gather_context_logits` (build_engine.sh does by default).
 """
@@ -69,29 +69,21 @@ class EdgeLLMRuntime(_TokenizerMixin, Runtime):
                  **_options):
         model_path = Path(model_path)  # the artifact's llm/ directory
         root = model_path.parent if model_path.name == "llm" else model_path
-        self.backend, self._rt = self._backend()
+        self._exe = self._llm_inference()
         self.engine = _engine_dir(root, engine_dir)
         self.tok = _tokenizer(root / "llm", root)
         super().__init__(info or ModelInfo(architecture="llama", chat_format="template"))
-        if self.backend == "bindings":
-            self._llm = self._rt.LLMRuntime(str(self.engine))
 
     @staticmethod
-    def _backend():
-        try:
-            from tensorrt_edgellm import runtime as rt
-
-            rt.load()  # raises where no payload fits this platform (GPU SM, CUDA, OS)
-            return "bindings", rt
-        except Exception as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    def _llm_inference() -> str:
         tool = os.environ.get("EDGELLM_BIN", "")
         exe = shutil.which(str(Path(tool) / "llm_inference") if tool else "llm_inference")
-        if exe and cuda_device_count():
-            return "llm_inference", exe
-        raise RuntimeUnavailable(
-            "TensorRT Edge-LLM needs a CUDA GPU (Jetson Orin, or an sm80/86/100/120 x86 GPU) with its runtime: "
-            f"its Python bindings did not load ({why}) and no llm_inference is on PATH (or $EDGELLM_BIN)")
+        if not exe:
+            raise RuntimeUnavailable("TensorRT Edge-LLM needs its llm_inference tool (built from TensorRT-Edge-LLM "
+                                     "on the Jetson; on PATH or in $EDGELLM_BIN) and a CUDA GPU")
+        if not cuda_device_count():
+            raise RuntimeUnavailable("TensorRT Edge-LLM needs a CUDA GPU (Jetson Orin); nvidia-smi lists none")
+        return exe
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         raise RuntimeUnavailable("TensorRT Edge-LLM returns text, not logits; compare device output with "
@@ -113,7 +105,7 @@ class EdgeLLMRuntime(_TokenizerMixin, Runtime):
         with tempfile.TemporaryDirectory(prefix="edgellm-") as d:
             inp, out = Path(d) / "input.json", Path(d) / "output.json"
             inp.write_text(json.dumps(request))
-            r = subprocess.run([self._rt, "--engineDir", str(self.engine), "--inputFile", str(inp),
+            r = subprocess.run([self._exe, "--engineDir", str(self.engine), "--inputFile", str(inp),
                                 "--outputFile", str(out)], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeUnavailable(f"llm_inference failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
