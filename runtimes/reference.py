@@ -47,7 +47,34 @@ def _tokenizer(root: Path):
     return Tokenizer.from_file(str(root / "tokenizer.json"))
 
 
-class ReferenceRuntime(Runtime):
+class TorchModelRuntime(Runtime):
+    """A transformers causal LM in torch (self.model) with a tokenizers tokenizer (self.tok)."""
+
+    torch = None
+    model = None
+    tok = None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.tensor([list(token_ids)]), use_cache=False)
+        return out.logits[0].float().numpy()
+
+    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(torch.tensor([prompt_ids]), use_cache=True)
+            while True:
+                tok = yield out.logits[0, -1].float().numpy()
+                out = self.model(torch.tensor([[tok]]), cache=out.cache, use_cache=True)
+
+
+class ReferenceRuntime(TorchModelRuntime):
     name = "transformers"
 
     def __init__(self, root: str | Path, info: ModelInfo | None = None, dtype: str = "float32"):
@@ -70,22 +97,3 @@ class ReferenceRuntime(Runtime):
         ).eval()
         self.model.to(getattr(torch, dtype))  # dequantized MXFP4 experts come back in bf16
         self.tok = _tokenizer(root)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
-
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        with self.torch.inference_mode():
-            out = self.model(self.torch.tensor([list(token_ids)]), use_cache=False)
-        return out.logits[0].float().numpy()
-
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
-        torch = self.torch
-        with torch.inference_mode():
-            out = self.model(torch.tensor([prompt_ids]), use_cache=True)
-            while True:
-                tok = yield out.logits[0, -1].float().numpy()
-                out = self.model(torch.tensor([[tok]]), cache=out.cache, use_cache=True)

@@ -21,12 +21,12 @@ Two sources, detected from the directory given:
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .base import ModelInfo, Runtime
+from .base import ModelInfo
+from .reference import TorchModelRuntime
 
 
 def trtllm_w8a16(w, torch):
@@ -87,7 +87,7 @@ def _make_linear_classes(torch):
     return W8A8SmoothQuant, W4A16AWQ
 
 
-class SimulatedRuntime(Runtime):
+class SimulatedRuntime(TorchModelRuntime):
     name = "simulated"
 
     def __init__(self, path: str | Path, info: ModelInfo | None = None, *, hf_dir: str | Path | None = None,
@@ -185,23 +185,3 @@ class SimulatedRuntime(Runtime):
             for p in model.parameters():
                 p.copy_(p.to(torch.float16).float())
         return model
-
-    # --- the interface --------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
-
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        with self.torch.inference_mode():
-            out = self.model(self.torch.tensor([list(token_ids)]), use_cache=False)
-        return out.logits[0].float().numpy()
-
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
-        torch = self.torch
-        with torch.inference_mode():
-            out = self.model(torch.tensor([prompt_ids]), use_cache=True)
-            while True:
-                tok = yield out.logits[0, -1].float().numpy()
-                out = self.model(torch.tensor([[tok]]), cache=out.cache, use_cache=True)
