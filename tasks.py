@@ -69,7 +69,8 @@ def models(c, force=False):
     "out": "artifact directory (default: artifacts/<model>/<target>/)",
     "revision": "hub revision (branch, tag or commit) when --model is a hub id",
     "quantization": "override the target's scheme, e.g. Q4_K_M, Q8_0, MXFP4_MOE (gguf); int8, int4, fp32 (onnx)",
-    "precision": "same as --quantization (the word ONNX and Jetson users say)",
+    "precision": "same as --quantization (the word ONNX and Jetson users say); jetson: int8 (W8A8 SmoothQuant), "
+                 "int8-w8a16 (its int8 weights, fp16 activations), int4 (AWQ), fp16",
     "fallback": "where the target cannot build the model (gpt-oss on jetson), build the artifact that runs "
                 "on that device instead (its manifest says so); without it such a request exits 2",
     "jetpack": "jetson: 7.2 (default: TensorRT Edge-LLM ONNX + kit) or 6 (TensorRT-LLM v0.12 W8A16 kit)",

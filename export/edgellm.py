@@ -13,7 +13,9 @@ from . import onnx_graph, toolenv
 from .errors import QuantizationError
 
 CALIBRATION = Path(__file__).parent / "data" / "calibration.jsonl"
-QUANTIZATION = {"int8": "int8_sq", "int4": "int4_awq"}  # our precision -> edgellm's --quantization
+# our precision -> edgellm's --quantization, and its exporter's extra flags
+QUANTIZATION = {"int8": "int8_sq", "int8-w8a16": "int8_sq", "int4": "int4_awq"}
+EXPORT_FLAGS = {"int8-w8a16": ["--no-quantize-activations"]}
 LOADED = re.compile(r"Loaded (\d+) tensors, skipped (\d+)")
 
 
@@ -57,7 +59,8 @@ def check_loader_log(text: str, ckpt: Path) -> int:
 def check_graph(path: Path, precision: str, n_layers: int, weights: dict[str, str]) -> onnx_graph.GraphReport:
     """onnx.checker, then the ops the precision demands: one AttentionPlugin per layer; int8: a
     weight DequantizeLinear per int8 weight of the checkpoint plus a Q/DQ pair per quantized
-    activation; int4: an Int4 GEMM plugin per int4 weight; fp16: no quantization ops."""
+    activation (int8-w8a16: no activation Q/DQ); int4: an Int4 GEMM plugin per int4 weight;
+    fp16: no quantization ops."""
     n8 = sum(1 for v in weights.values() if v.startswith("int8"))
     n4 = sum(1 for v in weights.values() if v.startswith("int4"))
     import onnx
@@ -76,6 +79,9 @@ def check_graph(path: Path, precision: str, n_layers: int, weights: dict[str, st
     int4_ops = sum(v for k, v in ops.items() if k.startswith("trt_edgellm::Int4"))
     if precision == "int8" and not (q > 0 and dq == n8 + q and n8 > 0):
         problems.append(f"int8 needs {n8} weight DequantizeLinear + one Q/DQ pair per activation; "
+                        f"the graph has {q} QuantizeLinear, {dq} DequantizeLinear")
+    if precision == "int8-w8a16" and not (q == 0 and dq == n8 and n8 > 0):
+        problems.append(f"int8-w8a16 needs {n8} weight DequantizeLinear and no activation quantization; "
                         f"the graph has {q} QuantizeLinear, {dq} DequantizeLinear")
     if precision == "int4" and not (int4_ops == n4 and n4 > 0):
         problems.append(f"int4 needs {n4} Int4 GEMM plugin nodes; the graph has {int4_ops}")

@@ -1,7 +1,8 @@
 """Jetson Orin exporter: what runs on the device, plus the kit that builds its engine there.
 
 - JetPack 7.2 (default): TensorRT Edge-LLM. Quantize with its ModelOpt quantizer on CPU (INT8
-  SmoothQuant W8A8 by default, INT4 AWQ, or FP16), export its ONNX, check both, and write
+  SmoothQuant W8A8 by default, its int8 weights with fp16 activations, INT4 AWQ, or FP16),
+  export its ONNX, check both, and write
   `build_engine.sh` (llm_build) / `run.sh` (llm_inference) with limits sized for the device.
 - `--jetpack 6`: TensorRT-LLM v0.12.0-jetson, W8A16: the TensorRT-LLM checkpoint (FP16
   weights; trtllm-build quantizes them on the Orin, see export/trtllm_checkpoint.py) and the
@@ -75,9 +76,9 @@ class JetsonExporter:
                           or job.profile.runtime_options.get("calibration_samples", 64))
             edgellm.quantize(job.src.root, ckpt, precision, samples, work / "quantize.log")
             weights = edgellm.checkpoint_weights(ckpt)
-        extra = []
+        extra = list(edgellm.EXPORT_FLAGS.get(precision, []))
         if precision == "int4" and dev.get("int4_externalize"):
-            extra = ["--externalize-weights", dev["int4_externalize"]]
+            extra += ["--externalize-weights", dev["int4_externalize"]]
         llm = edgellm.export_onnx(ckpt, work / "onnx", work / "export.log", extra)
         rep = edgellm.check_graph(llm / "model.onnx", precision, job.src.config["num_hidden_layers"], weights)
         shutil.copytree(llm, out / "llm")
@@ -93,6 +94,7 @@ class JetsonExporter:
         return Built(
             runtime={"name": "edgellm", "model_file": "llm", "engine_dir": "engine", "parity_runtime": "simulated",
                      "parity_model": parity_model,
+                     "parity_options": {"quantize_activations": precision != "int8-w8a16"},
                      "options": {"jetpack": "7.2", "device": device, "limits": limits}, "kit": files},
             quantization={"requested": precision, "variant": f"edgellm-{precision}",
                           "applied": {"stack": "TensorRT Edge-LLM",

@@ -114,7 +114,7 @@ class SimulatedRuntime(TorchModelRuntime):
             self.scheme = "FP16"
             self.model = self._from_hf_fp16(path)
         self.model.eval()
-        self.name = f"simulated {self.scheme}"
+        self.name = f"simulated {self.scheme}" + ("" if quantize_activations else ", fp16 activations")
 
     def _skeleton(self):
         from transformers import AutoConfig, AutoModelForCausalLM

@@ -69,6 +69,18 @@ def test_edgellm_int8_onnx_kit_and_simulated_parity(edge_int8):
     assert max(m["parity"]["long_prompt_tokens"]) == 512
 
 
+def test_int8_w8a16_keeps_the_int8_weights_without_activation_qdq(llama_dir, tmp_path):
+    import onnx
+
+    path, m = export(str(llama_dir), "jetson", tmp_path / "w8a16", quantization="int8-w8a16")
+    g = onnx.load(str(path / "llm" / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in g.graph.node]
+    assert ops.count("QuantizeLinear") == 0 and ops.count("DequantizeLinear") == 28
+    assert m["runtime"]["parity_options"] == {"quantize_activations": False}
+    e2e = m["parity"]["stages"]["end_to_end"]
+    assert "fp16 activations" in e2e["compares"] and e2e["passed"] and e2e["summary"]["top1"] > 0.99
+
+
 def test_simulation_uses_the_artifacts_own_int8_weights_and_scales(edge_int8):
     path, _ = edge_int8
     rt = SimulatedRuntime(path / "checkpoint")
