@@ -63,14 +63,7 @@ def check_graph(path: Path, precision: str, n_layers: int, weights: dict[str, st
     fp16: no quantization ops."""
     n8 = sum(1 for v in weights.values() if v.startswith("int8"))
     n4 = sum(1 for v in weights.values() if v.startswith("int4"))
-    import onnx
-
-    onnx_graph._schemas_registered()
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as e:
-        raise QuantizationError(f"{path.name}: onnx.checker rejected the graph: {e}") from e
-    rep = onnx_graph.inspect(onnx_graph.load(path))
+    rep = onnx_graph.checked(path)
     ops = rep.ops
     problems = []
     if ops.get("trt_edgellm::AttentionPlugin", 0) != n_layers:

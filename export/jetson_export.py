@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import edgellm, jetson_kit, trtllm_checkpoint
+from . import edgellm, jetson_kit, toolenv, trtllm_checkpoint
 from .errors import TargetError
 from .jobs import Built, Job
 from .progress import step
@@ -87,9 +87,7 @@ class JetsonExporter:
         limits = jetson_kit.size_limits(device, dev, job.src.config, weight_bytes)
         files = jetson_kit.write_edgellm_kit(out, limits, device, precision,
                                              eval_requests(job, job.profile.parity.get("greedy_tokens", 16)))
-        from .toolenv import get
-
-        env = get("tensorrt-edgellm")
+        env = toolenv.get("tensorrt-edgellm")
         parity_model = "checkpoint" if precision != "fp16" else None
         return Built(
             runtime={"name": "edgellm", "model_file": "llm", "engine_dir": "engine", "parity_runtime": "simulated",
@@ -112,7 +110,6 @@ class JetsonExporter:
                       "on the Jetson: ./build_engine.sh && ./run.sh",
                       "parity below is SIMULATED on CPU (the artifact's own int weights and scales in torch); "
                       "run.sh's device_output.json gives the device's own: invoke parity --device-output"],
-            parity_mode="simulated",
         )
 
     # --- TensorRT-LLM v0.12 (JetPack 6) -------------------------------------------------------
@@ -147,14 +144,14 @@ class JetsonExporter:
                       f"sequence {limits['max_kv_cache_capacity']}; on the Jetson: ./build_engine.sh && ./run.sh",
                       "parity below is SIMULATED on CPU (TensorRT-LLM's W8A16 formula in torch on the kit's "
                       "weights); run.sh's device_output.json gives the device's own: invoke parity --device-output"],
-            parity_mode="simulated",
         )
 
     def _eval_inputs(self, job: Job, limits: dict) -> dict:
         from parity.gate import load_evalset
-        from runtimes.reference import _tokenizer, model_info_from_hf
+        from runtimes.base import load_tokenizer
+        from runtimes.reference import model_info_from_hf
 
-        tok = _tokenizer(job.src.root)
+        tok = load_tokenizer(job.src.root)
         info = model_info_from_hf(job.src)
         bos = [info.bos_token_id] if info.add_bos and info.bos_token_id is not None else []
         prompts, sha = load_evalset()

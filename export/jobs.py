@@ -32,5 +32,4 @@ class Built:
     variant: str | None = None
     tools: dict = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
-    parity_mode: str = "measured"  # "simulated": the artifact's runtime cannot run here (device engines)
 

@@ -2,11 +2,11 @@
 (the weights are touched one initializer at a time), so nothing here grows with model size
 beyond the largest tensor.
 
-- `check`: onnx.checker plus op-type counts, so a quantization that silently did not happen
-  (or a dense-expert graph) fails the export instead of shipping.
+- `checked` / `check`: onnx.checker, plus op-type counts, so a quantization that silently did
+  not happen (or a dense-expert graph) fails the export instead of shipping.
 - `fix_sliding_windows`: onnxruntime-genai's gpt-oss builder assumes even layers slide; we set
   each attention's window from the checkpoint's `layer_types` instead.
-- `quantize_weights_int8_qdq`: symmetric per-output-channel INT8 weights behind
+- `rewrite_weights(int8=True)`: symmetric per-output-channel INT8 weights behind
   `DequantizeLinear` (zero point 0, axis set explicitly) - the weight-only pattern TensorRT's
   ONNX parser takes; onnxruntime runs it on any EP.
 """
@@ -99,9 +99,8 @@ def inspect(model) -> GraphReport:
     return rep
 
 
-def check(path: Path, expect: dict[str, int], *, no_float_matmul_weights: bool,
-          bits: int | None = None, standard_ops_only: bool = False) -> GraphReport:
-    """onnx.checker, then the op counts `expect` demands ({op: count}); raise on any miss."""
+def checked(path: Path) -> GraphReport:
+    """onnx.checker on the file (external data stays on disk), then what the graph holds."""
     import onnx
 
     _schemas_registered()
@@ -111,7 +110,13 @@ def check(path: Path, expect: dict[str, int], *, no_float_matmul_weights: bool,
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
         raise QuantizationError(f"{path.name}: onnx.checker rejected the graph: {e}") from e
-    rep = inspect(load(path))
+    return inspect(load(path))
+
+
+def check(path: Path, expect: dict[str, int], *, no_float_matmul_weights: bool,
+          bits: int | None = None, standard_ops_only: bool = False) -> GraphReport:
+    """onnx.checker, then the op counts `expect` demands ({op: count}); raise on any miss."""
+    rep = checked(path)
     problems = [f"{op}: {rep.ops.get(op, 0)} nodes, expected {n}" for op, n in expect.items()
                 if rep.ops.get(op, 0) != n]
     if no_float_matmul_weights and rep.float_matmul_weights:

@@ -66,13 +66,13 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
     except FallbackAvailable as e:
         if not fallback:
             raise
-        console.print(f"[yellow]fallback:[/yellow] {e}".replace(
-            "Pass --fallback to produce", "Producing"), highlight=False)
+        console.print(f"[yellow]fallback:[/yellow] {e.reason} Producing the --target {e.target} artifact.",
+                      highlight=False)
         out = Path(out) if out else default_out(model, target)
         kw.pop("policy", None)  # the requested target's options do not apply to the other one
         return export(model, e.target, out, parity=parity, force=force, keep_failed=keep_failed,
                       fallback_of={"requested_target": target, "produced_target": e.target,
-                                   "reason": " ".join(str(e).split())}, **kw)
+                                   "reason": e.reason}, **kw)
     out = Path(out) if out else default_out(model, target)
     exporter = _exporters()[job.profile.format]
     with job.progress, staging(out, force) as tmp:
@@ -94,8 +94,7 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
             manifest["fallback"] = fallback_of
         report = None
         if parity:
-            report = run_parity(job, built.runtime, built.parity_inputs, built.variant, root=tmp,
-                                mode=built.parity_mode)
+            report = run_parity(job, built.runtime, built.parity_inputs, built.variant, root=tmp)
             (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
             manifest["parity"] = report
         _rmtree(work)
@@ -125,12 +124,11 @@ def parity_notes(job: Job) -> list[str]:
     return notes
 
 
-def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | None, *, root: Path,
-               mode: str = "measured") -> dict:
+def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | None, *, root: Path) -> dict:
     """Load the reference and each input with the artifact's runtime (or the runtime its
     manifest names for parity on this machine, `runtime["parity_runtime"]`, with
-    `parity_options` where `{root}` is the artifact directory) and run the gate.
-    `mode` "simulated" labels a report whose candidate is a simulation of a device engine."""
+    `parity_options` where `{root}` is the artifact directory) and run the gate. A report
+    whose candidate is the simulated runtime (a device engine's quantization in torch) says so."""
     from parity import gate
     from runtimes import load_runtime
     from runtimes.reference import ReferenceRuntime
@@ -158,8 +156,8 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
         for r in rts.values():
             r.close()
     report["variant"] = variant
-    report["mode"] = mode
-    if mode == "simulated":
+    report["mode"] = "simulated" if name == "simulated" else "measured"
+    if report["mode"] == "simulated":
         report["notes"].insert(0, "SIMULATED: the candidate is the artifact's quantization computed in torch on CPU, "
                                   "not the device engine (invoke parity --device-output compares the device's output)")
     console.print(gate.table(report))
@@ -179,20 +177,16 @@ def parity_for_artifact(artifact: Path) -> dict:
     policy = {k: opts[k] for k in ("ep", "jetpack", "device") if k in opts}  # the artifact's own choices
     job = _job(m["source"]["path"], m["target"], revision=m["source"].get("revision"),
                quantization=m["quantization"]["requested"], policy=policy or None)
-    now = job.src.checksums()
-    if {k: v["sha256"] for k, v in now.items()} != {k: v["sha256"] for k, v in m["source"]["files"].items()}:
-        raise SourceError(f"the source at {job.src.root} no longer matches the manifest's checksums")
+    _check_source_unchanged(job.src, m)
     exporter = _exporters()[job.profile.format]
     with tempfile.TemporaryDirectory(prefix="edgeport-parity-", dir=artifact.parent) as work, job.progress:
         rt = m["runtime"]
-        inputs = {"quantized": artifact / (rt.get("parity_model") or rt["model_file"])}
-        if "parity_model" in rt and rt["parity_model"] is None:
-            inputs["quantized"] = job.src.root
+        scored = rt.get("parity_model", rt["model_file"])  # None: the source itself (an FP16 engine's weights)
+        inputs = {"quantized": artifact / scored if scored is not None else job.src.root}
         with step("rebuilding the unquantized model for the fidelity stage"):
             if (unq := exporter.unquantized(job, Path(work))) is not None:
                 inputs["unquantized"] = unq
-        mode = "simulated" if rt.get("parity_runtime") == "simulated" else "measured"
-        report = run_parity(job, rt, inputs, m["quantization"].get("variant"), root=artifact, mode=mode)
+        report = run_parity(job, rt, inputs, m["quantization"].get("variant"), root=artifact)
     (artifact / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     m["parity"] = report
     mf.write(artifact, m)
@@ -207,12 +201,16 @@ def device_parity(artifact: Path, device_output: Path) -> dict:
 
     m = mf.load(artifact)
     src = Source.open(m["source"]["path"], m["source"].get("revision"))
-    recorded = {k: v["sha256"] for k, v in m["source"]["files"].items()}
-    if {k: v["sha256"] for k, v in src.checksums().items()} != recorded:
-        raise SourceError(f"the source at {src.root} no longer matches the manifest's checksums")
+    _check_source_unchanged(src, m)
     with step("device parity: the reference against the device's output"), ReferenceRuntime(src.root) as ref:
         report = compare(artifact, device_output, ref)
     (artifact / "device_parity.json").write_text(json.dumps(report, indent=2) + "\n")
     m["device_parity"] = {k: v for k, v in report.items() if k != "prompts"}
     mf.write(artifact, m)
     return report
+
+
+def _check_source_unchanged(src: Source, m: dict) -> None:
+    recorded = {k: v["sha256"] for k, v in m["source"]["files"].items()}
+    if {k: v["sha256"] for k, v in src.checksums().items()} != recorded:
+        raise SourceError(f"the source at {src.root} no longer matches the manifest's checksums")

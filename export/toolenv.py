@@ -161,16 +161,14 @@ class ToolEnv:
                 return ver
         return None
 
-    def run(self, args: Sequence[str], log: Path, what: str, cwd: Path | None = None,
-            env_extra: dict[str, str] | None = None) -> str:
+    def run(self, args: Sequence[str], log: Path, what: str, env_extra: dict[str, str] | None = None) -> str:
         """`python ...` in the env, output to `log` (returned); on failure the error shows its tail."""
         env = _clean_env()
         # never fetch weights or datasets
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
         env.update(env_extra or {})
         with step(what), open(log, "w") as f:
-            rc = subprocess.run([str(self.python), *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd).returncode
+            rc = subprocess.run([str(self.python), *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         text = log.read_text(errors="replace")
         if rc != 0:
             tail = "\n".join(text.splitlines()[-15:])

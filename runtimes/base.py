@@ -7,6 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -129,6 +130,30 @@ class Runtime(ABC):
                 logits = dec.send(tok)
         dec.close()
         return out
+
+
+def load_tokenizer(*dirs: Path):
+    """The first tokenizer.json among `dirs`, as a `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+
+    from export.errors import RuntimeUnavailable
+
+    for d in dirs:
+        if (Path(d) / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
+    raise RuntimeUnavailable(f"no tokenizer.json in {', '.join(map(str, dirs))}")
+
+
+class TokenizerFileMixin:
+    """tokenize / detokenize for runtimes that read the artifact's tokenizer.json (self.tok)."""
+
+    tok = None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
 
 
 def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

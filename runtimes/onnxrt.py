@@ -21,7 +21,7 @@ import numpy as np
 
 from export.errors import RuntimeUnavailable
 
-from .base import ModelInfo, Runtime
+from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
 
 # our EP names -> onnxruntime provider chains (first available wins) and genai provider names
 PROVIDERS = {
@@ -30,7 +30,7 @@ PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 GENAI_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "NvTensorRtRtx"}
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}  # KV-cache input types
 
 
 def _require_ort():
@@ -55,7 +55,7 @@ def pick_providers(ep: str, available: Sequence[str]) -> list[str]:
     return chain
 
 
-class OnnxRuntime(Runtime):
+class OnnxRuntime(TokenizerFileMixin, Runtime):
     name = "onnxruntime"
 
     def __init__(self, model_dir: str | Path, info: ModelInfo | None = None, *, ep: str = "cpu",
@@ -68,9 +68,7 @@ class OnnxRuntime(Runtime):
         if not self.model_file.is_file():
             raise RuntimeUnavailable(f"{self.dir}: no model.onnx")
         super().__init__(info or model_info_from_hf(self.dir))
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
+        self.tok = load_tokenizer(self.dir)
         self.providers = pick_providers(ep, ort.get_available_providers())
         self.ep_used = self.providers[0]
         opts = ort.SessionOptions()
@@ -88,13 +86,6 @@ class OnnxRuntime(Runtime):
             return json.loads(self._genai_config.read_text())["model"]["decoder"]["head_size"]
         cfg = json.loads((self.dir / "config.json").read_text())
         return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-
-    # --- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
 
     # --- plain session --------------------------------------------------------------------
     def _feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ModelInfo, Runtime
+from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
 
 
 def model_info_from_hf(source) -> ModelInfo:
@@ -23,7 +23,7 @@ def model_info_from_hf(source) -> ModelInfo:
     arch = for_config(src.config)
     tcfg = src.json_file("tokenizer_config.json")
     gen = src.json_file("generation_config.json")
-    tok = _tokenizer(src.root)
+    tok = load_tokenizer(src.root)
 
     def tid(key: str) -> int | None:
         v = tcfg.get(key)
@@ -41,24 +41,11 @@ def model_info_from_hf(source) -> ModelInfo:
     )
 
 
-def _tokenizer(root: Path):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(root / "tokenizer.json"))
-
-
-class TorchModelRuntime(Runtime):
-    """A transformers causal LM in torch (self.model) with a tokenizers tokenizer (self.tok)."""
+class TorchModelRuntime(TokenizerFileMixin, Runtime):
+    """A transformers causal LM in torch (self.model) with the checkpoint's tokenizer (self.tok)."""
 
     torch = None
     model = None
-    tok = None
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         with self.torch.inference_mode():
@@ -96,4 +83,4 @@ class ReferenceRuntime(TorchModelRuntime):
             use_safetensors=True, **kwargs,
         ).eval()
         self.model.to(getattr(torch, dtype))  # dequantized MXFP4 experts come back in bf16
-        self.tok = _tokenizer(root)
+        self.tok = load_tokenizer(root)

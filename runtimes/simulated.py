@@ -6,7 +6,7 @@ quantization, computed by transformers' model code in fp32 (with fp16 rounding w
 engine computes in fp16). Reports label it `simulated`; `invoke parity --device-output`
 compares what the device itself produced.
 
-Two sources, detected from the directory given:
+Three sources, detected from the directory given:
 - a ModelOpt checkpoint (`hf_quant_config.json`, made by tensorrt-edgellm-quantize):
   `W8A8_SQ_PER_CHANNEL` linears compute `dq(q(fp16(x * smooth), s_x)) @ fp16(W_int8 * s_w).T`
   with static per-tensor activation scales (symmetric, round half to even, clamp [-128, 127]);
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ModelInfo
+from .base import ModelInfo, load_tokenizer
 from .reference import TorchModelRuntime
 
 
@@ -93,7 +93,6 @@ class SimulatedRuntime(TorchModelRuntime):
     def __init__(self, path: str | Path, info: ModelInfo | None = None, *, hf_dir: str | Path | None = None,
                  quantize_activations: bool = True, **_ignored):
         import torch
-        from tokenizers import Tokenizer
 
         from .reference import model_info_from_hf
 
@@ -101,7 +100,7 @@ class SimulatedRuntime(TorchModelRuntime):
         path = Path(path)
         self.hf_dir = Path(hf_dir) if hf_dir else path  # config + tokenizer (HF names)
         super().__init__(info or model_info_from_hf(self.hf_dir))
-        self.tok = Tokenizer.from_file(str(self.hf_dir / "tokenizer.json"))
+        self.tok = load_tokenizer(self.hf_dir)
         self.quantized: dict[str, str] = {}
         self.quantize_activations = quantize_activations
         if (path / "hf_quant_config.json").is_file():

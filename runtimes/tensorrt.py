@@ -26,7 +26,7 @@ import numpy as np
 
 from export.errors import RuntimeUnavailable
 
-from .base import ModelInfo, Prompt, Runtime
+from .base import ModelInfo, Prompt, Runtime, TokenizerFileMixin, load_tokenizer
 
 
 def cuda_device_count() -> int:
@@ -37,15 +37,6 @@ def cuda_device_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def _tokenizer(*dirs: Path):
-    from tokenizers import Tokenizer
-
-    for d in dirs:
-        if (d / "tokenizer.json").is_file():
-            return Tokenizer.from_file(str(d / "tokenizer.json"))
-    raise RuntimeUnavailable(f"no tokenizer.json in {', '.join(map(str, dirs))}")
-
-
 def _engine_dir(model_path: Path, engine_dir: str | None) -> Path:
     root = model_path if model_path.is_dir() and (model_path / "build_engine.sh").is_file() else model_path.parent
     engine = Path(engine_dir) if engine_dir and Path(engine_dir).is_absolute() else root / (engine_dir or "engine")
@@ -54,15 +45,7 @@ def _engine_dir(model_path: Path, engine_dir: str | None) -> Path:
     return engine
 
 
-class _TokenizerMixin:
-    def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
-
-
-class EdgeLLMRuntime(_TokenizerMixin, Runtime):
+class EdgeLLMRuntime(TokenizerFileMixin, Runtime):
     name = "edgellm"
 
     def __init__(self, model_path: str | Path, info: ModelInfo | None = None, *, engine_dir: str | None = None,
@@ -71,7 +54,7 @@ class EdgeLLMRuntime(_TokenizerMixin, Runtime):
         root = model_path.parent if model_path.name == "llm" else model_path
         self._exe = self._llm_inference()
         self.engine = _engine_dir(root, engine_dir)
-        self.tok = _tokenizer(root / "llm", root)
+        self.tok = load_tokenizer(root / "llm", root)
         super().__init__(info or ModelInfo(architecture="llama", chat_format="template"))
 
     @staticmethod
@@ -112,7 +95,7 @@ class EdgeLLMRuntime(_TokenizerMixin, Runtime):
             return [resp["output_text"] for resp in json.loads(out.read_text())["responses"]]
 
 
-class TensorRTLLMRuntime(_TokenizerMixin, Runtime):
+class TensorRTLLMRuntime(TokenizerFileMixin, Runtime):
     name = "tensorrt-llm"
 
     def __init__(self, model_path: str | Path, info: ModelInfo | None = None, *, engine_dir: str | None = None,
@@ -129,7 +112,7 @@ class TensorRTLLMRuntime(_TokenizerMixin, Runtime):
             raise RuntimeUnavailable("TensorRT-LLM runtime needs a CUDA GPU; torch sees none")
         self.torch = torch
         self.engine = _engine_dir(root, engine_dir)
-        self.tok = _tokenizer(root / "hf", root)
+        self.tok = load_tokenizer(root / "hf", root)
         super().__init__(info or ModelInfo(architecture="llama", chat_format="template"))
         self.runner = ModelRunner.from_dir(engine_dir=str(self.engine), rank=0)
         cfg = json.loads((root / "trtllm_checkpoint" / "config.json").read_text())

@@ -17,9 +17,9 @@ from export.errors import TargetError
 class FallbackAvailable(TargetError):
     """The target cannot take this architecture, but another target makes what runs on the device."""
 
-    def __init__(self, message: str, target: str):
+    def __init__(self, message: str, target: str, reason: str):
         super().__init__(message)
-        self.target = target
+        self.target, self.reason = target, reason
 
 HERE = Path(__file__).parent
 
@@ -43,9 +43,9 @@ class TargetProfile:
     def policy(self, arch: str) -> dict:
         if arch in self.fallback:
             fb = self.fallback[arch]
-            raise FallbackAvailable(
-                f"target {self.name} cannot build {arch}: {' '.join(fb['reason'].split())} "
-                f"Pass --fallback to produce the --target {fb['target']} artifact instead.", fb["target"])
+            reason = f"target {self.name} cannot build {arch}: {' '.join(fb['reason'].split())}"
+            raise FallbackAvailable(f"{reason} Pass --fallback to produce the --target {fb['target']} "
+                                    "artifact instead.", fb["target"], reason)
         if arch in self.unsupported:
             raise TargetError(f"target {self.name} does not take {arch}: {self.unsupported[arch]}")
         if arch not in self.architectures:
