@@ -3,9 +3,12 @@ benchmark): taken from the llama-cpp-python sdist at run time, never committed."
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,23 +17,41 @@ PRE = {"GptOssForCausalLM": "gpt-4o", "LlamaForCausalLM": "llama-bpe"}
 
 
 def converter_script() -> Path:
-    """Download (once) and extract convert_hf_to_gguf.py and its gguf-py; raises on failure."""
+    """Download (once) and extract convert_hf_to_gguf.py and its gguf-py. Any failure
+    (network, a truncated archive, a layout without the script) raises RuntimeError with
+    the cause, so the oracle can fail in CI instead of skipping."""
     import llama_cpp
 
     version = llama_cpp.__version__
     root = CACHE / f"llama_cpp_python-{version}"
     script = root / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
-    if not script.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            f"llama-cpp-python=={version}", "-d", str(CACHE)], capture_output=True, text=True)
-        if r.returncode != 0:
+    if script.is_file():
+        return script
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdist = CACHE / f"llama_cpp_python-{version}.tar.gz"
+    if not sdist.is_file():
+        try:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                f"llama-cpp-python=={version}", "-d", str(CACHE)],
+                               capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"cannot download the llama-cpp-python {version} sdist: pip timed out") from None
+        if r.returncode != 0 or not sdist.is_file():
             raise RuntimeError(f"cannot download the llama-cpp-python {version} sdist: {r.stderr[-300:]}")
-        with tarfile.open(CACHE / f"llama_cpp_python-{version}.tar.gz") as tf:
-            keep = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
-                    "vendor/llama.cpp/gguf-py/")
-            members = [m for m in tf.getmembers() if m.name.split("/", 1)[-1].startswith(keep)]
-            tf.extractall(CACHE, members=members, filter="data")
+    keep = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
+    # extract beside the cache and move into place whole: an interrupted run leaves no half tree
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        try:
+            with tarfile.open(sdist) as tf:
+                members = [m for m in tf.getmembers() if m.name.split("/", 1)[-1].startswith(keep)]
+                tf.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            sdist.unlink(missing_ok=True)  # fetched again next time
+            raise RuntimeError(f"cannot read {sdist.name}: {e}") from None
+        if not (Path(tmp) / root.name / script.relative_to(root)).is_file():
+            raise RuntimeError(f"{sdist.name} has no vendor/llama.cpp/convert_hf_to_gguf.py")
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(Path(tmp) / root.name, root)
     return script
 
 

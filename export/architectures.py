@@ -54,7 +54,8 @@ class Architecture:
     rules: tuple[TensorRule, ...] = ()
     f32_tensors: tuple[gguf.MODEL_TENSOR, ...] = ()  # kept F32 whatever the file type
     expert_tensors: tuple[gguf.MODEL_TENSOR, ...] = ()
-    rope_scaling: bool = False  # write YaRN keys from rope_parameters
+    rope_scaling: bool = False  # write RoPE scaling keys (linear, YaRN) from rope_parameters
+    rope_freqs: bool = False  # Llama 3.1+ RoPE scaling (rope_type llama3) as a rope_freqs tensor
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -114,6 +115,8 @@ LLAMA = Architecture(
     chat_format="template",
     add_bos=True,
     hparams=(*COMMON_HPARAMS, ("add_vocab_size", "vocab_size", True), ("add_rope_dimension_count", "head_dim", False)),
+    rope_scaling=True,
+    rope_freqs=True,
     rules=(
         # llama.cpp's RoPE pairs dims (i, i+1); HF pairs (i, i+d/2): permute Q and K rows.
         TensorRule(".self_attn.q_proj.weight", "permute_heads:num_attention_heads"),

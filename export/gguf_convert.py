@@ -162,6 +162,9 @@ def plan(src: Source, arch: Architecture, file_type: str = "F16",
     tmap = gguf.get_tensor_name_map(arch.gguf_arch, n_layers)
     _, float_q = FILE_TYPES[file_type]
     out: list[OutTensor] = []
+    if arch.rope_freqs and (freqs := llama3_rope_freqs(cfg)) is not None:  # first, as llama.cpp writes it
+        out.append(OutTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", freqs.shape,
+                             lambda: iter([freqs]), qtype=Q.F32))
     for name in sorted(src.tensors, key=_tensor_sort_key):
         rule, prefix = _match_rule(arch, name)
         op, *arg = rule.op.split(":")
@@ -218,18 +221,92 @@ def _write_hparams(w: gguf.GGUFWriter, src: Source, arch: Architecture, ftype) -
             continue
         getattr(w, method)(v)
     if arch.rope_scaling:
-        rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        if rp.get("rope_type", rp.get("type")) == "yarn":
-            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-            w.add_rope_scaling_factor(rp["factor"])
-            w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
-            for key, method in (("beta_fast", "add_rope_scaling_yarn_beta_fast"),
-                                ("beta_slow", "add_rope_scaling_yarn_beta_slow"),
-                                ("attention_factor", "add_rope_scaling_yarn_attn_factor")):
-                if rp.get(key) is not None:
-                    getattr(w, method)(rp[key])
+        _write_rope_scaling(w, cfg, arch)
+    _write_sampling(w, src)
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def rope_parameters(cfg: dict) -> dict:
+    """rope_parameters (transformers 5) or rope_scaling (4), with rope_type and
+    original_max_position_embeddings filled in from the older spellings."""
+    rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    rp.setdefault("rope_type", rp.get("type"))
+    if cfg.get("original_max_position_embeddings") is not None:
+        rp.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+    return rp
+
+
+def _write_rope_scaling(w: gguf.GGUFWriter, cfg: dict, arch: Architecture) -> None:
+    """RoPE scaling keys as llama.cpp's converter writes them. A kind llama.cpp would not
+    apply is refused: left out, the model would silently run unscaled."""
+    rp = rope_parameters(cfg)
+    kind, factor = rp["rope_type"], rp.get("factor")
+    if kind in (None, "default") or (str(kind).lower() == "llama3" and arch.rope_freqs):
+        return  # llama3: the rope_freqs tensor (plan)
+    if kind == "linear" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(factor)
+    elif kind == "yarn" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+        for keys, method in ((("extrapolation_factor",), "add_rope_scaling_yarn_ext_factor"),
+                             (("attention_factor", "attn_factor"), "add_rope_scaling_yarn_attn_factor"),
+                             (("beta_fast",), "add_rope_scaling_yarn_beta_fast"),
+                             (("beta_slow",), "add_rope_scaling_yarn_beta_slow")):
+            v = next((rp[k] for k in keys if rp.get(k) is not None), None)
+            if v is not None:
+                getattr(w, method)(v)
+    else:
+        raise ArchitectureError(f"{arch.name}: RoPE scaling {kind!r} (factor {factor}) is not supported")
+
+
+def llama3_rope_freqs(cfg: dict) -> np.ndarray | None:
+    """Llama 3.1+ RoPE scaling, which llama.cpp takes as per-frequency divisors in a
+    rope_freqs tensor: computed exactly as llama.cpp's converter does (torch float32
+    arithmetic, which numpy's does not reproduce bit for bit)."""
+    import math
+
+    import torch
+
+    rp = rope_parameters(cfg)
+    if str(rp["rope_type"]).lower() != "llama3":
+        return None
+    base = rp.get("rope_theta", 10000.0)
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    old_ctx = rp.get("original_max_position_embeddings", 8192)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            out.append(1)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32).numpy()
+
+
+# generation_config.json key(s) -> GGUFWriter.add_sampling_<name>, as llama.cpp's converter
+# (gguf.Metadata) reads them: llama-cli / llama-server take general.sampling.* as the
+# model's default sampling parameters.
+SAMPLING = {"sequence": ("sequence",), "top_k": ("top_k",), "top_p": ("top_p",), "min_p": ("min_p",),
+            "xtc_probability": ("xtc_probability",), "xtc_threshold": ("xtc_threshold",),
+            "temp": ("temperature",), "penalty_last_n": ("penalty_last_n",),
+            "penalty_repeat": ("penalty_repeat", "repetition_penalty"), "mirostat": ("mirostat",),
+            "mirostat_tau": ("mirostat_tau",), "mirostat_eta": ("mirostat_eta",)}
+
+
+def _write_sampling(w: gguf.GGUFWriter, src: Source) -> None:
+    gen = src.json_file("generation_config.json")
+    for name, keys in SAMPLING.items():
+        v = next((gen[k] for k in keys if gen.get(k) is not None), None)
+        if v is not None:
+            getattr(w, f"add_sampling_{name}")(v)
 
 
 def _write_tokenizer(w: gguf.GGUFWriter, src: Source, arch: Architecture) -> None:
@@ -263,6 +340,8 @@ def write_gguf(src: Source, arch: Architecture, path: Path, *, file_type: str = 
                experts_to_mxfp4: bool = False, progress: Progress | None = None) -> list[OutTensor]:
     ftype, _ = FILE_TYPES[file_type]
     tensors = plan(src, arch, file_type, experts_to_mxfp4)
+    if any(t.qtype == Q.MXFP4 for t in tensors):
+        ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE  # what the bulk of the weights is (as llama.cpp's converter says)
     logging.getLogger("gguf").setLevel(logging.WARNING)
     w = gguf.GGUFWriter(path, arch.gguf_arch_name)
     _write_hparams(w, src, arch, ftype)

@@ -32,9 +32,11 @@ def cpu_has_amx() -> bool:
 
 
 def extra_bufts_enabled() -> bool:
+    """Off on AMX CPUs unless EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of
+    "off" ("0", "false", "False", "no", "off") must stay off, or an AMX CPU crashes."""
     env = os.environ.get("EDGEPORT_LLAMA_EXTRA_BUFTS")
     if env is not None:
-        return env not in ("0", "", "false")
+        return env.strip().lower() not in ("0", "", "false", "no", "off")
     return not cpu_has_amx()
 
 

@@ -1,0 +1,114 @@
+"""The AMX guard in runtimes.llamacpp must reach llama.cpp, not just a Python object.
+
+A ctypes Structure takes a misspelt attribute without complaint, so setting
+`use_extra_bufts` proves nothing by itself: these tests check the field name against
+llama-cpp-python's struct and read llama.cpp's own load log for the buffer types it used
+(extra buffer types on: Q4_K weights go to CPU_REPACK / AMX; off: plain CPU buffers only).
+Loads run in subprocesses: on AMX CPUs a repacked Q4_K matmul segfaults
+(ggml-org/llama.cpp#20824), so the "on" load is only attempted where the CPU has no AMX.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from export.gguf_quantize import quantize
+from runtimes import llamacpp
+from runtimes.llamacpp import _model_params, cpu_has_amx, extra_bufts_enabled
+from tests.conftest import ROOT, gguf_of
+
+ENV = "EDGEPORT_LLAMA_EXTRA_BUFTS"
+EXTRA = {"CPU_REPACK", "AMX"}  # llama.cpp's CPU extra buffer types (ggml-cpu repack.cpp, amx.cpp)
+
+# Load through the runtime with llama.cpp's log recorded (the runtime's LlamaLog would
+# discard it), then run one forward pass so the chosen kernels actually execute.
+CHILD = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import export.llama_log as ll
+    logs = []
+    class Recorder(ll.LlamaLog):
+        def __exit__(self, *exc):
+            logs.append(self.text)
+            return super().__exit__(*exc)
+    ll.LlamaLog = Recorder
+    from runtimes.llamacpp import LlamaCppRuntime
+    rt = LlamaCppRuntime({path!r}, n_ctx=256)
+    rt.logits(list(range(10, 40)))
+    print(json.dumps({{"extra_bufts": rt.extra_bufts, "log": logs[0]}}))
+""")
+
+
+def test_use_extra_bufts_is_a_field_of_llama_model_params():
+    import llama_cpp
+
+    assert "use_extra_bufts" in [f[0] for f in llama_cpp.llama_model_params._fields_]
+    for flag in (True, False):
+        with _model_params(llama_cpp, flag):
+            p = llama_cpp.llama_cpp.llama_model_default_params()  # what llama_cpp.Llama calls
+        assert p.use_extra_bufts is flag
+        # anything set outside _fields_ lands in the instance dict and never reaches C
+        assert vars(p) == {}, f"attributes llama.cpp never sees: {sorted(vars(p))}"
+
+
+@pytest.mark.parametrize(("env", "amx", "expected"), [
+    (None, True, False), (None, False, True), ("1", True, True), ("0", False, False),
+    ("false", False, False), ("False", False, False), ("off", False, False),
+])
+def test_extra_bufts_choice(monkeypatch, env, amx, expected):
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
+    if env is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, env)
+    assert extra_bufts_enabled() is expected
+
+
+@pytest.fixture(scope="module")
+def q4_k_m(llama_dir, gguf_dir, tmp_path_factory):
+    """Q4_K weights: the type llama.cpp repacks (and whose AMX path crashes)."""
+    out = tmp_path_factory.mktemp("amx") / "tiny-llama-q4_k_m.gguf"
+    quantize(gguf_of(llama_dir, gguf_dir), out, "Q4_K_M")
+    return out
+
+
+def load_buffers(path, env: str | None) -> tuple[bool, set[str]]:
+    """(the runtime's extra_bufts, the model buffer types llama.cpp's log reports)."""
+    e = {k: v for k, v in os.environ.items() if k != ENV}
+    if env is not None:
+        e[ENV] = env
+    r = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(path))],
+                       capture_output=True, text=True, timeout=300, env=e)
+    assert r.returncode == 0, f"llama.cpp load failed (rc {r.returncode}): {r.stderr[-1000:]}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    bufs = set(re.findall(r"load_tensors:\s+(\S+) model buffer size", out["log"]))
+    assert bufs, f"no model buffer sizes in llama.cpp's log:\n{out['log'][-2000:]}"
+    return out["extra_bufts"], bufs
+
+
+def q4_k_repack_available() -> bool:
+    """llama.cpp repacks Q4_K only with AVX2 (x86) or NEON dotprod / i8mm (Arm)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return "REPACK = 1" in info and any(f"{f} = 1" in info for f in ("AVX2", "DOTPROD", "MATMUL_INT8"))
+
+
+@pytest.mark.parametrize("env", [None, "0", "1"], ids=["default", "forced-off", "forced-on"])
+def test_extra_bufts_setting_reaches_llama_cpp(q4_k_m, env):
+    on = {None: not cpu_has_amx(), "0": False, "1": True}[env]
+    if on and cpu_has_amx():
+        pytest.skip("CPU has AMX: loading with extra buffer types on segfaults (llama.cpp#20824)")
+    if on and not q4_k_repack_available():
+        pytest.skip("llama.cpp has no Q4_K repack kernel for this CPU: nothing to observe")
+    extra, bufs = load_buffers(q4_k_m, env)
+    assert extra is on
+    if on:
+        assert bufs & EXTRA, f"extra buffer types on, but llama.cpp used only {sorted(bufs)}"
+    else:
+        assert not bufs & EXTRA, f"extra buffer types off, but llama.cpp used {sorted(bufs & EXTRA)}"
