@@ -199,6 +199,14 @@ class _DataWriter:
         self.f.close()
 
 
+def int8_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MatMul(x, W) with W [in, out]: symmetric INT8 with one scale per output channel (axis 1),
+    amax / 127, round half to even (what DequantizeLinear inverts exactly)."""
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
 def rewrite_weights(src: Path, dst: Path, int8: bool) -> dict[str, dict]:
     """Copy the graph at `src` to `dst` (+ `dst.data`, one tensor in memory at a time); with
     `int8`, every 2-D MatMul weight is stored as symmetric per-output-channel INT8 behind
@@ -220,10 +228,7 @@ def rewrite_weights(src: Path, dst: Path, int8: bool) -> dict[str, dict]:
                 writer.put(t, w)
                 continue
             w = w.astype(np.float32)
-            # MatMul(x, W): W is [in, out]; one scale per output channel -> axis 1
-            amax = np.abs(w).max(axis=0)
-            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-            q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            q, scale = int8_per_channel(w)
             qname, sname, zname = f"{t.name}_int8", f"{t.name}_scale", f"{t.name}_zero_point"
             writer.put(t, q)
             t.name = qname

@@ -93,8 +93,8 @@ def table(report: dict):
     from rich.table import Table
 
     t = Table(title=f"parity ({report['prompts']} prompts, long ones {report['long_prompt_tokens']} tokens)")
-    cols = ("stage", "reference -> candidate", "mean KL", "p99 KL", "top-1 (decisive)", "PPL ref -> cand", "greedy",
-            "result")
+    cols = ("stage", "reference -> candidate", "mean KL", "p99 KL", "top-1 regret (raw top-1)", "PPL ref -> cand",
+            "greedy", "result")
     for col in cols:
         t.add_column(col)
     for name, r in report["stages"].items():
@@ -102,6 +102,6 @@ def table(report: dict):
         res = ("[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]") if r["judged"] else "reported"
         greedy = f"{s.get('greedy_match_mean', 0):.1f}/{s.get('greedy_tokens', 0)}"
         t.add_row(name, " -> ".join(STAGES[name]), f"{s['mean_kl']:.2e}", f"{s['p99_kl']:.2e}",
-                  f"{s['top1']:.3f} ({s['top1_decisive']:.3f})",
+                  f"{s['top1_regret']:.1e} ({s['top1']:.3f})",
                   f"{s['ppl_ref']:.2f} -> {s['ppl']:.2f} ({s['ppl_delta_pct']:+.1f}%)", greedy, res)
     return t

@@ -36,6 +36,21 @@ class PromptComparison:
     nll_ref: np.ndarray  # [n-1]
     nll_cand: np.ndarray  # [n-1]
     near_tie: np.ndarray  # [n] bool: reference top-2 logit gap < TIE_MARGIN
+    regret: np.ndarray  # [n]: p_ref(reference's top-1) - p_ref(candidate's top-1), see top1_regret
+
+
+def top1_regret(ref_logprobs: np.ndarray, cand_top1: np.ndarray) -> np.ndarray:
+    """Per position, the reference probability lost by taking the candidate's top-1 instead of
+    the reference's own: p_ref(argmax ref) - p_ref(argmax cand), in [0, 1].
+
+    Raw top-1 agreement counts every flip alike; on a flat distribution (a randomly initialised
+    model, or a genuine near-tie) a flip between two tokens the reference rates almost equally
+    costs nothing, and this is ~0. Where the reference is sure, a flip costs most of its
+    probability. Needs only the candidate's argmax, so a device's argmax output is judged the same way.
+    """
+    p = np.exp(ref_logprobs)
+    rows = np.arange(len(p))
+    return np.maximum(p.max(axis=-1) - p[rows, np.asarray(cand_top1, dtype=np.int64)], 0.0)
 
 
 def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
@@ -50,6 +65,7 @@ def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
     return PromptComparison(
         prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1),
         -lr[rows, nxt], -lc[rows, nxt], (top2[:, 1] - top2[:, 0]) < TIE_MARGIN,
+        top1_regret(lr, cand.argmax(-1)),
     )
 
 
@@ -69,6 +85,7 @@ def summarize(comps: list[PromptComparison], greedy: list[int] | None = None,
     tie = np.concatenate([c.near_tie for c in comps])
     nll_r = np.concatenate([c.nll_ref for c in comps])
     nll_c = np.concatenate([c.nll_cand for c in comps])
+    regret = np.concatenate([c.regret for c in comps])
     ppl_r, ppl_c = float(np.exp(nll_r.mean())), float(np.exp(nll_c.mean()))
     by_pos: dict[str, list[float]] = {}
     longest = max(len(c.kl) for c in comps)
@@ -85,12 +102,15 @@ def summarize(comps: list[PromptComparison], greedy: list[int] | None = None,
         "top1": float(top1.mean()),
         "top1_decisive": float(top1[~tie].mean()) if (~tie).any() else 1.0,
         "near_ties": int(tie.sum()),
+        "top1_regret": float(regret.mean()),
+        "p99_top1_regret": float(np.percentile(regret, 99)),
         "ppl_ref": ppl_r,
         "ppl": ppl_c,
         "ppl_delta_pct": (ppl_c / ppl_r - 1.0) * 100.0,
         "kl_top1_by_position": by_pos,
         "per_prompt": [{"id": c.prompt_id, "kind": c.kind, "tokens": len(c.kl),
                         "mean_kl": float(c.kl.mean()), "top1": float(c.top1.mean()),
+                        "top1_regret": float(c.regret.mean()),
                         "top1_decisive": float(c.top1[~c.near_tie].mean()) if (~c.near_tie).any() else 1.0,
                         "near_ties": int(c.near_tie.sum())} for c in comps],
     }
@@ -101,18 +121,35 @@ def summarize(comps: list[PromptComparison], greedy: list[int] | None = None,
     return out
 
 
-# metric name -> (summary key, "max" or "min")
+# threshold name -> (summary key, "max" or "min"). Mean KL is the primary criterion; top-1 is
+# judged as regret (see top1_regret), raw top-1 is reported beside it.
 CHECKS = {
     "mean_kl_max": ("mean_kl", "max"),
     "p99_kl_max": ("p99_kl", "max"),
+    "top1_regret_max": ("top1_regret", "max"),
     "top1_min": ("top1", "min"),
     "ppl_delta_pct_max": ("ppl_delta_pct", "max"),
     "greedy_match_min": ("greedy_match_mean", "min"),
 }
+# keys a thresholds table may hold besides CHECKS
+THRESHOLD_NOTES = {"reason"}
+
+
+def validate_thresholds(thresholds: dict, where: str) -> None:
+    """An unknown key (a typo) would silently disable a check: refuse it."""
+    for key, value in thresholds.items():
+        if key in THRESHOLD_NOTES or isinstance(value, dict):
+            continue
+        if key not in CHECKS:
+            raise ValueError(f"{where}: unknown threshold {key!r}; known: {', '.join(CHECKS)}")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{where}: threshold {key} must be a number, not {value!r}")
 
 
 def check(summary: dict, thresholds: dict) -> list[str]:
-    """Failures as sentences; empty when every threshold holds."""
+    """Failures as sentences; empty when every threshold holds. A judged metric missing from
+    the summary is a failure, not a pass."""
+    validate_thresholds(thresholds, "thresholds")
     fails = []
     for key, limit in thresholds.items():
         if key not in CHECKS:
@@ -120,6 +157,7 @@ def check(summary: dict, thresholds: dict) -> list[str]:
         metric, kind = CHECKS[key]
         v = summary.get(metric)
         if v is None:
+            fails.append(f"{metric} missing (threshold {key} = {limit:g})")
             continue
         if (kind == "max" and v > limit) or (kind == "min" and v < limit):
             fails.append(f"{metric} = {v:.6g} {'>' if kind == 'max' else '<'} {limit:g}")

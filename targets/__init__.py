@@ -72,6 +72,9 @@ def available() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.toml"))
 
 
+PARITY_KEYS = {"max_tokens", "greedy_tokens", "thresholds", "device"}
+
+
 def load(name: str) -> TargetProfile:
     path = HERE / f"{name}.toml"
     if not path.is_file():
@@ -79,7 +82,40 @@ def load(name: str) -> TargetProfile:
     data = tomllib.loads(path.read_text())
     if base := data.pop("extends", None):
         data = _merge(_raw(base), data)
+    validate(name, data)
     return TargetProfile(name=name, **data)
+
+
+def validate(name: str, data: dict) -> None:
+    """A misspelt key would silently disable what it configures (a typo in a threshold name
+    turns that check off): every key must be one the code reads."""
+    from dataclasses import fields
+
+    from parity.metrics import validate_thresholds
+
+    where = f"targets/{name}.toml"
+    known = {f.name for f in fields(TargetProfile)} - {"name"}
+    if unknown := sorted(set(data) - known):
+        raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    parity = data.get("parity", {})
+    if unknown := sorted(set(parity) - PARITY_KEYS):
+        raise TargetError(f"{where}: unknown [parity] key(s) {', '.join(unknown)}")
+    for section in ("thresholds", "device"):
+        for stage, table in parity.get(section, {}).items():
+            if section == "thresholds" and stage not in STAGES:
+                raise TargetError(f"{where}: unknown parity stage {stage!r}; stages: {', '.join(STAGES)}")
+            for sub, values in [(stage, table)] + [(f"{stage}.{k}", v) for k, v in table.items()
+                                                   if isinstance(v, dict)]:
+                try:
+                    validate_thresholds(values, f"{where} [parity.{section}.{sub}]")
+                except ValueError as e:
+                    raise TargetError(str(e)) from None
+                if nested := [k for k, v in values.items() if isinstance(v, dict) and sub != stage]:
+                    raise TargetError(f"{where} [parity.{section}.{sub}]: nested table(s) {', '.join(nested)}")
+
+
+# the stages parity/gate.py measures (kept here so loading a profile needs no torch)
+STAGES = ("fidelity", "quantization", "end_to_end")
 
 
 def _raw(name: str) -> dict:

@@ -74,3 +74,24 @@ def gguf_of(model_dir: Path, tmp_root: Path, **kw) -> Path:
 @pytest.fixture(scope="session")
 def gguf_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """`exported(name)` -> (path, manifest) of a tests/export_cases.py case, exported once per
+    session with the default gate (an export whose parity fails raises)."""
+    from export.pipeline import export
+    from tests.export_cases import CASES, case_model
+
+    root = tmp_path_factory.mktemp("cases")
+    done: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict]:
+        if name not in done:
+            c = CASES[name]
+            model = case_model(c["model"], root / "models")
+            done[name] = export(str(model), c["target"], root / name, quantization=c.get("quantization"),
+                                policy=c.get("policy"))
+        return done[name]
+
+    return get

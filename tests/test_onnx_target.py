@@ -22,18 +22,18 @@ LONG = "The quick brown fox jumps over the lazy dog while the sun sets slowly be
 
 
 @pytest.fixture(scope="module")
-def gpt_oss_int8(mxfp4_dir, tmp_path_factory):
-    return export(str(mxfp4_dir), "onnx", tmp_path_factory.mktemp("o") / "gpt-oss-onnx")
+def gpt_oss_int8(exported):
+    return exported("onnx-gpt-oss-mxfp4-int8")
 
 
 @pytest.fixture(scope="module")
-def llama_int8(llama_dir, tmp_path_factory):
-    return export(str(llama_dir), "onnx", tmp_path_factory.mktemp("o") / "llama-onnx")
+def llama_int8(exported):
+    return exported("onnx-llama-int8")
 
 
 @pytest.fixture(scope="module")
-def llama_trt(llama_dir, tmp_path_factory):
-    return export(str(llama_dir), "onnx", tmp_path_factory.mktemp("o") / "llama-trt", policy={"ep": "tensorrt"})
+def llama_trt(exported):
+    return exported("onnx-llama-tensorrt")
 
 
 def _graph(path):

@@ -22,10 +22,8 @@ def _leftovers(parent):
 
 
 @pytest.fixture(scope="module")
-def mxfp4_artifact(mxfp4_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "cpu"
-    path, m = export(str(mxfp4_dir), "cpu", out)
-    return path, m
+def mxfp4_artifact(exported):
+    return exported("cpu-gpt-oss-mxfp4")
 
 
 def test_default_cpu_export_of_mxfp4_source(mxfp4_artifact, mxfp4_dir):

@@ -22,8 +22,8 @@ def _tensor(d, name):
 
 
 @pytest.fixture(scope="module")
-def passthrough(mxfp4_dir, tmp_path_factory):
-    return export(str(mxfp4_dir), "vllm", tmp_path_factory.mktemp("v") / "vllm")
+def passthrough(exported):
+    return exported("vllm-gpt-oss-mxfp4")
 
 
 def test_mxfp4_source_passes_through_bit_exact(passthrough, mxfp4_dir):
