@@ -18,19 +18,23 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def _cli(fn):
-    """Expected failures print one line and exit 2; never a traceback."""
+    """Expected failures print one line and exit 2; never a traceback. Ctrl-C and SIGTERM
+    print one line and exit 128 + the signal (130, 143), as shells and CI runners expect."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        from export.atomic import interrupts, signal_of
         from export.errors import EdgeportError
 
         try:
-            return fn(*a, **kw)
+            with interrupts():
+                return fn(*a, **kw)
         except EdgeportError as e:
             print(f"edgeport: error: {e}", file=sys.stderr)
             raise Exit(code=2) from None
-        except KeyboardInterrupt:
-            print("edgeport: interrupted; nothing was left behind", file=sys.stderr)
-            raise Exit(code=130) from None
+        except KeyboardInterrupt as e:
+            sig = signal_of(e)
+            print(f"edgeport: interrupted ({sig.name}); nothing half-written was left behind", file=sys.stderr)
+            raise Exit(code=128 + sig) from None
     return wrapper
 
 

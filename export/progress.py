@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from .atomic import raise_pending
+
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
@@ -45,11 +47,13 @@ class Progress:
 
 @contextmanager
 def step(message: str):
-    """One line per pipeline step, with a spinner while it runs on a terminal."""
+    """One line per pipeline step, with a spinner while it runs on a terminal. A Ctrl-C that
+    landed in a C call during the step (llama.cpp's quantizer) surfaces when the step ends."""
     if sys.stderr.isatty():
         with console.status(message):
             yield
     else:
         console.print(message, highlight=False)
         yield
+    raise_pending()
     console.print(f"[green]✓[/green] {message}", highlight=False) if sys.stderr.isatty() else None

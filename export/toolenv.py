@@ -14,19 +14,22 @@ the rename (console-script shebangs would not be).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import deferred_signals
 from .errors import EdgeportError
 from .progress import console, step
 
@@ -133,22 +136,23 @@ class ToolEnv:
         cmd = [str(py), "-m", "pip", *args]
         tail: deque[str] = deque(maxlen=30)
         with step(f"{self.spec.name}: pip install ({len(self.spec.requirements)} pinned requirements)"):
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=_clean_env())
-            assert proc.stdout is not None
             collected = 0
-            for line in proc.stdout:
-                line = line.rstrip()
-                tail.append(line)
-                if line.startswith("Collecting"):
-                    collected += 1
-                    if collected % 10 == 1:
-                        console.print(f"  [dim]{self.spec.name}: {line} ({collected} so far)[/dim]",
+            with _tool_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=_clean_env()) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    line = line.rstrip()
+                    tail.append(line)
+                    if line.startswith("Collecting"):
+                        collected += 1
+                        if collected % 10 == 1:
+                            console.print(f"  [dim]{self.spec.name}: {line} ({collected} so far)[/dim]",
+                                          highlight=False)
+                    elif line.startswith("Installing collected packages"):
+                        console.print(f"  [dim]{self.spec.name}: installing {collected} packages[/dim]",
                                       highlight=False)
-                elif line.startswith("Installing collected packages"):
-                    console.print(f"  [dim]{self.spec.name}: installing {collected} packages[/dim]",
-                                  highlight=False)
-            if proc.wait() != 0:
+                proc.wait()
+            if proc.returncode != 0:
                 raise ToolError(f"{self.spec.name}: pip install failed:\n" + "\n".join(tail))
 
     def installed(self) -> dict:
@@ -162,18 +166,48 @@ class ToolEnv:
         return None
 
     def run(self, args: Sequence[str], log: Path, what: str, env_extra: dict[str, str] | None = None) -> str:
-        """`python ...` in the env, output to `log` (returned); on failure the error shows its tail."""
+        """`python ...` in the env, output to `log` (returned); on failure the error shows its tail.
+        Interrupted (Ctrl-C, SIGTERM), the tool and everything it started are stopped before the
+        interrupt goes on, so nothing still writes into the staging dir being removed."""
         env = _clean_env()
         # never fetch weights or datasets
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
         env.update(env_extra or {})
-        with step(what), open(log, "w") as f:
-            rc = subprocess.run([str(self.python), *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        with (step(what), open(log, "w") as f,
+              _tool_process([str(self.python), *args], stdout=f, stderr=subprocess.STDOUT, env=env) as proc):
+            rc = proc.wait()
         text = log.read_text(errors="replace")
         if rc != 0:
             tail = "\n".join(text.splitlines()[-15:])
             raise ToolError(f"{what} failed (exit {rc}); last lines of {log.name}:\n{tail}")
         return text
+
+
+@contextlib.contextmanager
+def _tool_process(cmd: list[str], grace: float = 5.0, **kw) -> Iterator[subprocess.Popen]:
+    """Start a tool in its own process group. On any exception (an interrupt above all) the
+    group gets SIGTERM, then SIGKILL after `grace` seconds, and the tool is reaped, before the
+    exception goes on: nothing may still write into the staging dir being removed.
+    (subprocess.run only SIGKILLs the direct child, without waiting: its children live on.)
+    In its own group a terminal's Ctrl-C reaches only us; this passes it on."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, process_group=0, **kw)
+    try:
+        yield proc
+    except BaseException:
+        with deferred_signals():
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+            _killpg(proc.pid, signal.SIGKILL)  # what ignored SIGTERM, and the tool's children
+            proc.wait()
+        raise
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(pgid, sig)
 
 
 def _clean_env() -> dict:
