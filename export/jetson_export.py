@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import edgellm, jetson_kit, toolenv, trtllm_checkpoint
-from .errors import TargetError
+from .errors import QuantizationError, TargetError
 from .jobs import Built, Job
 from .progress import step
 
@@ -81,6 +81,10 @@ class JetsonExporter:
             extra += ["--externalize-weights", dev["int4_externalize"]]
         llm = edgellm.export_onnx(ckpt, work / "onnx", work / "export.log", extra)
         rep = edgellm.check_graph(llm / "model.onnx", precision, job.src.config["num_hidden_layers"], weights)
+        # op counts cannot see a wrong number: the graph must hold the checkpoint parity scores
+        if problems := edgellm.verify_graph(llm, ckpt, precision):
+            raise QuantizationError(f"Edge-LLM's {precision} graph does not hold {ckpt.name}/ bit for bit "
+                                    f"({len(problems)} problems): " + "; ".join(problems[:3]))
         shutil.copytree(llm, out / "llm")
         weight_bytes = sum(f.stat().st_size for f in (out / "llm").iterdir()
                            if f.name.endswith((".data", ".safetensors")))
@@ -108,7 +112,8 @@ class JetsonExporter:
             messages=[f"engine limits for {device}: batch {limits['max_batch_size']}, input {limits['max_input_len']}, "
                       f"KV cache {limits['max_kv_cache_capacity']} tokens; "
                       "on the Jetson: ./build_engine.sh && ./run.sh",
-                      "parity below is SIMULATED on CPU (the artifact's own int weights and scales in torch); "
+                      "parity below is SIMULATED on CPU (the artifact's own int weights and scales in torch; "
+                      "llm/ was checked to hold them bit for bit); "
                       "run.sh's device_output.json gives the device's own: invoke parity --device-output"],
         )
 

@@ -112,7 +112,8 @@ def _rmtree(p: Path) -> None:
 
 
 def _failures(report: dict) -> str:
-    return "; ".join(f"{s}: {', '.join(r['failures'])}" for s, r in report["stages"].items() if not r["passed"])
+    judged = [*report["stages"].items(), *[("artifact_check", a) for a in [report.get("artifact_check")] if a]]
+    return "; ".join(f"{s}: {', '.join(r['failures'])}" for s, r in judged if not r["passed"])
 
 
 def parity_notes(job: Job) -> list[str]:
@@ -155,6 +156,11 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     finally:
         for r in rts.values():
             r.close()
+    if runtime["name"] == "edgellm":  # simulated from the checkpoint: the shipped llm/ must hold it
+        from .edgellm import artifact_check
+
+        report["artifact_check"] = artifact_check(root / runtime["model_file"], inputs["quantized"], job.quantization)
+        report["passed"] = report["passed"] and report["artifact_check"]["passed"]
     report["variant"] = variant
     report["mode"] = "simulated" if name == "simulated" else "measured"
     if report["mode"] == "simulated":
@@ -163,6 +169,12 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     console.print(gate.table(report))
     if line := gate.drift_line(report):
         console.print(line, highlight=False)
+    if ac := report.get("artifact_check"):
+        from rich.markup import escape
+
+        console.print(f"artifact check ({ac['compares']}, {ac['tensors']} tensors): " + (
+            "[green]pass[/green]" if ac["passed"] else "[red]FAIL[/red] " + escape("; ".join(ac["failures"][:3]))),
+            highlight=False)
     for n in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {n}", highlight=False)
     return report

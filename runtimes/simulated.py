@@ -75,7 +75,8 @@ def _make_linear_classes(torch):
         def __init__(self, w_int4, w_scale, smooth, bias=None):
             super().__init__()
             group = w_int4.shape[1] // w_scale.shape[1]
-            w = w_int4.float() * w_scale.float().repeat_interleave(group, dim=1)
+            # the engine's plugin holds the group scales in fp16 (export/edgellm.py::verify_graph)
+            w = w_int4.float() * w_scale.to(torch.float16).float().repeat_interleave(group, dim=1)
             self.register_buffer("w", w.to(torch.float16).float())
             self.register_buffer("smooth", smooth.to(torch.float16).float())
             self.bias = bias
