@@ -433,6 +433,12 @@ class _Verifier:
                 self.check(name, key, lambda key=key: self.want(key, fp16=not key.endswith(QUANT_KEYS)))
                 if not self.g.consumers.get(name):
                     self.problems.append(f"{key}: graph tensor `{name}` is read by no node")
+                # the exporter stores equal tensors once (a random-init model's norms are all ones):
+                # a tensor read in other modules must equal each of those modules' own weight too
+                for node in self.g.consumers.get(name, []):
+                    other = f"{mod}.weight" if (mod := _scope(node)) else None
+                    if other and other != key and other in self.where and not other.endswith(QUANT_KEYS):
+                        self.check(name, other, lambda k=other: self.want(k, fp16=True))
         emb = self.llm / "embedding.safetensors"
         if tied and emb.is_file():
             from safetensors import safe_open

@@ -101,7 +101,9 @@ for p in spec["prompts"]:
     res = runner.generate([ids], max_new_tokens=spec["greedy_tokens"], end_id=spec["end_id"],
                           pad_id=spec["pad_id"], top_k=1, return_dict=True)
     n = len(p["ids"])
+    # output_ids: [batch, beams, input + new], the prompt first (padding after an end_id stop)
     entry = {"id": p["id"], "greedy_ids": res["output_ids"][0][0][n:n + spec["greedy_tokens"]].tolist()}
+    # context_logits (only with --gather_context_logits): one [input, padded vocab] tensor per request
     if res.get("context_logits") is not None:
         lg = res["context_logits"][0].float()[:, : spec["vocab_size"]]
         lp = torch.log_softmax(lg, dim=-1)

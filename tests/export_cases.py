@@ -34,6 +34,8 @@ CASES: dict[str, dict] = {
     # random-init (flat distributions): the default gate must take them on every target
     "cpu-random-llama": {"model": "random-llama", "target": "cpu"},
     "cpu-random-gpt-oss": {"model": "random-gpt-oss", "target": "cpu"},
+    "apple-random-llama": {"model": "random-llama", "target": "apple"},
+    "apple-random-gpt-oss": {"model": "random-gpt-oss", "target": "apple"},
     "vllm-random-gpt-oss": {"model": "random-gpt-oss", "target": "vllm"},
     "onnx-random-llama": {"model": "random-llama", "target": "onnx"},
     "onnx-random-gpt-oss": {"model": "random-gpt-oss", "target": "onnx"},

@@ -12,8 +12,11 @@ from parity.metrics import check, compare_logits, summarize, top1_regret, valida
 from tests.export_cases import CASES, needs_toolenv
 
 # the gate's old rule, judged on raw top-1, per case: what refused these exports
-OLD_TOP1_MIN = {"cpu": 0.8, "vllm": 0.8, "onnx": 0.95, "jetson": 0.95}
+OLD_TOP1_MIN = {"cpu": 0.8, "apple": 0.8, "vllm": 0.8, "onnx": 0.95, "jetson": 0.95}
 RANDOM_CASES = [n for n in CASES if "-random-" in n]
+# measured: where raw top-1 fell below the old bound (the random Llama kept 0.957 through ONNX int8
+# and 0.954 through TensorRT-LLM W8A16, just above 0.95; the others 0.47-0.93)
+OLD_GATE_REFUSED = set(RANDOM_CASES) - {"onnx-random-llama", "jetson6-random-llama"}
 
 
 def test_regret_is_the_reference_probability_the_flip_loses():
@@ -64,7 +67,8 @@ def test_profiles_are_validated(tmp_path, monkeypatch):
             targets.load("x")
 
 
-@pytest.mark.parametrize("case", RANDOM_CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c.startswith("apple") else [])
+                                  for c in RANDOM_CASES])  # apple: the cpu GGUF, all layers offloaded
 def test_random_init_models_pass_the_default_gate(case, exported, request):
     """A CI smoke export of a random-init bf16 model (vocab 32768) passes on every target that
     takes it, in the regime where raw top-1 refused it (each case is below the old bound)."""
@@ -75,7 +79,7 @@ def test_random_init_models_pass_the_default_gate(case, exported, request):
     assert report["passed"]
     old = OLD_TOP1_MIN[CASES[case]["target"]]
     judged = [r["summary"] for r in report["stages"].values() if r["judged"]]
-    assert min(s["top1"] for s in judged) < old  # the old gate refused this export
+    assert (min(s["top1"] for s in judged) < old) == (case in OLD_GATE_REFUSED)
     assert max(s["top1_regret"] for s in judged) < 1e-3 and max(s["mean_kl"] for s in judged) < 0.01
 
 

@@ -226,3 +226,19 @@ def test_int4_repacks_are_permutations():
     two = edgellm.unpack_nibbles(packed).astype(np.int8) - 8  # the plugin's (nibble - 8)
     from runtimes.simulated import unpack_int4_rows
     assert np.array_equal(two, unpack_int4_rows(packed))
+
+
+def test_a_tensor_stored_once_is_checked_for_every_module_that_reads_it(exported, tmp_path):
+    """Edge-LLM stores equal initializers once: a random-init model's norms (all ones) become one
+    tensor read by every norm. Each norm's own checkpoint weight must still equal what it reads."""
+    path, m = exported("jetson-random-llama")
+    assert m["parity"]["artifact_check"]["passed"]
+    ckpt = Path(shutil.copytree(path / "checkpoint", tmp_path / "ck"))
+    from safetensors.torch import load_file, save_file
+
+    f = next(ckpt.glob("*.safetensors"))
+    t = load_file(str(f))
+    t["model.layers.2.input_layernorm.weight"] = t["model.layers.2.input_layernorm.weight"] * 2
+    save_file(t, str(f), metadata={"format": "pt"})
+    problems = edgellm.verify_graph(path / "llm", ckpt, "int8")
+    assert len(problems) == 1 and problems[0].startswith("model.layers.2.input_layernorm.weight (graph `")

@@ -37,6 +37,20 @@ MEASURED: dict[str, dict[str, tuple[float, float, float]]] = {
                     "end_to_end": (4.694e-3, 0.9365, 7.61e-4)},
     "vllm-gpt-oss": {"end_to_end": (4.108e-3, 0.9311, 6.13e-4)},
     "vllm-gpt-oss-mxfp4": {"end_to_end": (0.0, 1.0, 0.0)},
+    "onnx-llama-int8": {"fidelity": (8.0e-13, 1.0, 0.0), "quantization": (1.267e-4, 0.9911, 2.14e-5),
+                        "end_to_end": (1.267e-4, 0.9911, 2.14e-5)},
+    "onnx-llama-int4": {"fidelity": (8.0e-13, 1.0, 0.0), "quantization": (7.855e-3, 0.9106, 1.52e-3),
+                        "end_to_end": (7.855e-3, 0.9106, 1.52e-3)},
+    "onnx-llama-fp32": {"fidelity": (8.0e-13, 1.0, 0.0)},
+    "onnx-llama-tensorrt": {"fidelity": (6.2e-13, 1.0, 0.0), "quantization": (1.433e-4, 0.9887, 2.07e-5),
+                            "end_to_end": (1.433e-4, 0.9887, 2.07e-5)},
+    "onnx-gpt-oss-mxfp4-int8": {"fidelity": (1.0e-12, 1.0, 0.0), "quantization": (2.061e-4, 0.9907, 8.16e-5),
+                                "end_to_end": (2.061e-4, 0.9907, 8.16e-5)},
+    "jetson-llama-int8": {"end_to_end": (6.561e-4, 0.9802, 7.25e-5)},
+    "jetson-llama-w8a16": {"end_to_end": (4.969e-5, 0.9956, 1.01e-5)},
+    "jetson-llama-int4": {"end_to_end": (3.678e-3, 0.9478, 7.06e-4)},
+    "jetson-llama-fp16": {"end_to_end": (3.6e-13, 1.0, 0.0)},
+    "jetson6-llama": {"end_to_end": (2.713e-5, 0.9951, 7.65e-6)},
 }
 
 
@@ -136,3 +150,15 @@ def test_bounds_catch_one_halved_scale(gpt_oss_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(hm.mxfp4, "quantize", halved_once)
     with pytest.raises(AssertionError, match="vllm-gpt-oss end_to_end"):
         assert_measured("vllm-gpt-oss", _export_kept(gpt_oss_dir, "vllm", tmp_path / "v"))
+
+
+@pytest.mark.toolenv
+def test_onnx_cuda_fp32_fails_loudly(tmp_path):
+    """The builder's CUDA fp32 graph declares KV outputs no node produces: one line, exit 2, nothing written."""
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "-m", "invoke", "export", "--target", "onnx", "--model", "models/tiny-llama",
+                        "--ep", "cuda", "--precision", "fp32", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and not out.exists() and [p for p in tmp_path.iterdir()] == []
+    assert r.stderr.strip().splitlines()[-1].startswith("edgeport: error: model.onnx: onnx.checker rejected the graph")
+    assert "Traceback" not in r.stderr
