@@ -173,7 +173,8 @@ def test_run_task_streams_text(mxfp4_artifact):
     assert len(r.stdout.strip()) > 5
 
 
-def test_gate_catches_a_broken_converter(llama_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("target", ["cpu", pytest.param("apple", marks=pytest.mark.slow)])
+def test_gate_catches_a_broken_converter(target, llama_dir, tmp_path, monkeypatch):
     """Drop llama's Q/K RoPE permutation: the GGUF loads and runs, and parity must fail."""
     import dataclasses
 
@@ -183,5 +184,5 @@ def test_gate_catches_a_broken_converter(llama_dir, tmp_path, monkeypatch):
     broken = dataclasses.replace(archs.LLAMA, rules=())
     monkeypatch.setattr(archs, "ARCHITECTURES", (archs.GPT_OSS, broken))
     with pytest.raises(ParityFailure, match="fidelity: mean_kl"):
-        export(str(llama_dir), "cpu", tmp_path / "cpu")
-    assert not (tmp_path / "cpu").exists() and _leftovers(tmp_path) == []
+        export(str(llama_dir), target, tmp_path / target)
+    assert not (tmp_path / target).exists() and _leftovers(tmp_path) == []

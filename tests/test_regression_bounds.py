@@ -94,7 +94,7 @@ def test_readme_headline_export(tmp_path):
     r = subprocess.run([sys.executable, "-m", "invoke", "export", "--target", "cpu", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"artifact: {out}/tiny-gpt-oss-Q4_K_M.gguf" in " ".join(r.stdout.split())
+    assert f"artifact: {out}/tiny-gpt-oss-Q4_K_M.gguf" in " ".join((r.stdout + r.stderr).split())
     m = mf.load(out)
     assert (m["target"], m["format"], m["runtime"]["name"]) == ("cpu", "gguf", "llama.cpp")
     assert m["source"]["path"].endswith("models/tiny-gpt-oss") and m["architecture"] == "gpt-oss"
