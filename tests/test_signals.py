@@ -129,14 +129,14 @@ def run():
 
 @pytest.fixture(scope="module")
 def big_llama(tmp_path_factory) -> Path:
-    """A randomly initialised Llama big enough (~47 M parameters, BF16) that conversion takes
-    about a second and llama.cpp's Q4_K_M quantization several on 2 cores; the tiny Llama's
-    tokenizer and vocabulary size."""
+    """A randomly initialised Llama big enough (~80 M parameters, BF16) that conversion takes
+    a few seconds and llama.cpp's Q4_K_M quantization longer on 2 cores (the signal must land
+    inside the phase, not after it); the tiny Llama's tokenizer and vocabulary size."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tiny = json.loads((LLAMA / "config.json").read_text())
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
                       num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=False,
                       **{k: tiny[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")})
     torch.manual_seed(0)
