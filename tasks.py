@@ -150,8 +150,10 @@ def toolenvs(c, setup=None, clear=None, clear_all=False):
 def parity(c, artifact, device_output=None):
     """Re-run the parity gate on an artifact against its source; writes parity.json.
 
-    With --device-output: compare what the Jetson produced (run.sh) with the reference instead.
-    Exits non-zero when any judged stage fails its target's thresholds.
+    With --device-output: compare what the Jetson produced (run.sh) with the reference instead,
+    judged by the target's [parity.device.<runtime>] thresholds. Exits 1 when any judged stage
+    (or, for Edge-LLM kits, the bit-for-bit check of llm/) fails, or the device output cannot be
+    judged (truncated, fields missing).
     """
     _quiet_libs()
     from export.pipeline import device_parity, parity_for_artifact

@@ -183,21 +183,17 @@ class _Graph:
 
     def only_consumer(self, name: str, op: str, **want) -> object | None:
         """The single node reading `name`, if it is `op` with these attributes."""
-        from .onnx_graph import attrs
-
         nodes = self.consumers.get(name, [])
         if len(nodes) != 1 or nodes[0].op_type != op:
             return None
-        a = attrs(nodes[0])
+        a = onnx_graph.attrs(nodes[0])
         return nodes[0] if all(a.get(k) == v for k, v in want.items()) else None
 
     def made_by(self, name: str, op: str, **want) -> object | None:
-        from .onnx_graph import attrs
-
         n = self.producer.get(name)
         if n is None or n.op_type != op:
             return None
-        a = attrs(n)
+        a = onnx_graph.attrs(n)
         return n if all(a.get(k) == v for k, v in want.items()) else None
 
 
@@ -212,13 +208,19 @@ def _scope(node) -> str | None:
     return None
 
 
-def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
-    """ModelOpt's uint8 [out/2, in] -> the plugin's biased nibbles [out, in]: row 2i the low
-    nibble, 2i+1 the high one, two's complement s stored as s + 8 (the kernel computes
-    (nibble - 8) * scale)."""
-    out = np.empty((packed.shape[0] * 2, packed.shape[1]), np.uint8)
+def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
+    """ModelOpt's packed int4 weight [out/2, in] uint8 -> int8 [out, in]: row 2i in the low
+    nibble, row 2i+1 in the high nibble, two's complement (tests/test_jetson_target.py checks
+    this reconstructs the source weights; runtimes/simulated.py computes with it)."""
+    out = np.empty((packed.shape[0] * 2, packed.shape[1]), np.int8)
     out[0::2], out[1::2] = packed & 0x0F, packed >> 4
-    return out ^ 8  # (u + 8) % 16
+    return np.where(out > 7, out - 16, out).astype(np.int8)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """The same weights as the plugin's biased nibbles [out, in]: s stored as s + 8 (the kernel
+    computes (nibble - 8) * scale)."""
+    return (unpack_int4_rows(packed) + 8).astype(np.uint8)
 
 
 def repack_cutedsl(nib: np.ndarray) -> np.ndarray:
@@ -332,8 +334,6 @@ class _Verifier:
             self.check(name, f"{mod}.pre_quant_scale", lambda: self.want(f"{mod}.pre_quant_scale"))
 
     def int8_linear(self, mod: str, activations: bool) -> None:
-        from .onnx_graph import attrs
-
         w = PREFIX + mod + ".weight"
         dq = self.g.only_consumer(w, "DequantizeLinear")
         if dq is None or dq.input[0] != w:
@@ -343,8 +343,8 @@ class _Verifier:
         self.check(w, f"{mod}.weight", lambda: self.want(f"{mod}.weight"))
         self.check(dq.input[1], f"{mod}.weight_scale", lambda: self.want(f"{mod}.weight_scale"))
         self.zero(dq, 2, f"{mod}.weight")
-        if attrs(dq).get("axis", 1) != 0:
-            self.problems.append(f"{mod}.weight: DequantizeLinear axis {attrs(dq).get('axis', 1)}, not 0 (per row)")
+        if (axis := onnx_graph.attrs(dq).get("axis", 1)) != 0:
+            self.problems.append(f"{mod}.weight: DequantizeLinear axis {axis}, not 0 (per row)")
         cast = self.g.only_consumer(dq.output[0], "Cast", to=FP16)
         tr = cast and self.g.only_consumer(cast.output[0], "Transpose", perm=[1, 0])
         mm = tr and self.g.only_consumer(tr.output[0], "MatMul")
@@ -364,15 +364,13 @@ class _Verifier:
                 self.check(node.input[1], f"{mod}.input_scale ({what})", lambda: self.want(f"{mod}.input_scale"))
                 self.zero(node, 2, f"{mod} activation {what}")
             zp = q.input[2] if len(q.input) > 2 and q.input[2] else None
-            qtype = self.g.inits[zp].data_type if zp in self.g.inits else attrs(q).get("output_dtype", 2)
+            qtype = self.g.inits[zp].data_type if zp in self.g.inits else onnx_graph.attrs(q).get("output_dtype", 2)
             if qtype != INT8:
                 self.problems.append(f"{mod}: activations quantized to onnx type {qtype}, not int8")
             x = q.input[0]
         self.smoothing(x, mod)
 
     def int4_linear(self, mod: str) -> None:
-        from .onnx_graph import attrs
-
         w = PREFIX + mod + ".weight"
         plug = next((n for n in self.g.consumers.get(w, []) if n.op_type in INT4_OPS and n.input[1] == w), None)
         if plug is None:
@@ -385,7 +383,7 @@ class _Verifier:
         scale = self.want(f"{mod}.weight_scale")
         self.check(plug.input[2], f"{mod}.weight_scale (transposed, fp16)",
                    np.ascontiguousarray(scale.T).astype(np.float16))
-        a, (n, k) = attrs(plug), nib.shape
+        a, (n, k) = onnx_graph.attrs(plug), nib.shape
         if (a.get("gemm_n"), a.get("gemm_k"), a.get("group_size")) != (n, k, k // scale.shape[1]):
             self.problems.append(f"{mod}: plugin n/k/group {a.get('gemm_n')}/{a.get('gemm_k')}/{a.get('group_size')}, "
                                  f"checkpoint {n}/{k}/{k // scale.shape[1]}")
@@ -394,13 +392,11 @@ class _Verifier:
     def float_linears(self) -> None:
         """MatMul/Gemm weights not traced as quantized: fp16 W.T (Gemm transB: W), by name or,
         where the exporter folded the transpose into a fresh constant, by the node's module."""
-        from .onnx_graph import attrs
-
         for node in self.g.model.graph.node:
             if node.op_type not in ("MatMul", "Gemm") or not self.g.has(node.input[1]):
                 continue
             name = node.input[1]
-            transposed = node.op_type == "MatMul" or not attrs(node).get("transB", 0)
+            transposed = node.op_type == "MatMul" or not onnx_graph.attrs(node).get("transB", 0)
             if name.startswith(PREFIX):
                 keys = [name[len(PREFIX):]]
             elif (mod := _scope(node)) and mod.endswith(".qkv_proj_fused"):

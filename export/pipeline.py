@@ -112,8 +112,10 @@ def _rmtree(p: Path) -> None:
 
 
 def _failures(report: dict) -> str:
-    judged = [*report["stages"].items(), *[("artifact_check", a) for a in [report.get("artifact_check")] if a]]
-    return "; ".join(f"{s}: {', '.join(r['failures'])}" for s, r in judged if not r["passed"])
+    judged = dict(report["stages"])
+    if ac := report.get("artifact_check"):
+        judged["artifact_check"] = ac
+    return "; ".join(f"{s}: {', '.join(r['failures'])}" for s, r in judged.items() if not r["passed"])
 
 
 def parity_notes(job: Job) -> list[str]:

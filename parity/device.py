@@ -31,19 +31,16 @@ class Unjudgeable(ValueError):
 
 
 def thresholds(manifest: dict) -> dict:
-    """The profile's device thresholds for the artifact's runtime, overridden by its variant's
-    sub-table (e.g. edgellm-int4): the manifest's own copy could be edited, the profile is the rule."""
+    """The profile's device thresholds for the artifact's runtime and variant: the manifest's
+    own copy could be edited, the profile is the rule."""
     import targets
 
     runtime = manifest["runtime"]["name"]
-    table = targets.load(manifest["target"]).parity.get("device", {}).get(runtime)
-    if not table:
+    th = targets.load(manifest["target"]).device_thresholds(
+        runtime, (manifest.get("quantization") or {}).get("variant"))
+    if not th:
         raise Unjudgeable(f"target {manifest['target']} has no [parity.device.{runtime}] thresholds")
-    merged = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    variant = (manifest.get("quantization") or {}).get("variant")
-    if variant and isinstance(table.get(variant), dict):
-        merged.update(table[variant])
-    return merged
+    return th
 
 
 def compare(artifact: Path, device_output: Path, reference) -> dict:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from export.edgellm import unpack_int4_rows
 
 from .base import ModelInfo, load_tokenizer
 from .reference import TorchModelRuntime
@@ -38,19 +38,6 @@ def trtllm_w8a16(w, torch):
     q = torch.sign(x) * torch.floor(x.abs() + 0.5)  # C's round(): half away from zero
     q = torch.where(scale[:, None] > 0, q, torch.zeros_like(q)).clamp(-128, 127).to(torch.int8)
     return q, scale.to(torch.float16)
-
-
-def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
-    """ModelOpt's packed int4 weight [out/2, in] uint8 -> int8 [out, in]: row 2i in the low
-    nibble, row 2i+1 in the high nibble, two's complement (tests/test_jetson_target.py checks
-    this reconstructs the source weights)."""
-    lo = (packed & 0x0F).astype(np.int8)
-    hi = (packed >> 4).astype(np.int8)
-    lo = np.where(lo > 7, lo - 16, lo)
-    hi = np.where(hi > 7, hi - 16, hi)
-    out = np.empty((packed.shape[0] * 2, packed.shape[1]), np.int8)
-    out[0::2], out[1::2] = lo, hi
-    return out
 
 
 def _make_linear_classes(torch):

@@ -57,15 +57,23 @@ class TargetProfile:
     def thresholds(self, arch: str, variant: str | None = None) -> dict[str, dict]:
         """Stage thresholds: the profile's defaults, overridden per architecture and variant
         (e.g. genai-int4, gpt-oss/mxfp4-source); `reason` strings travel with them into the report."""
-        out: dict[str, dict] = {}
-        th = self.parity.get("thresholds", {})
-        for stage, values in th.items():
-            merged = {k: v for k, v in values.items() if not isinstance(v, dict)}
-            for key in (arch, variant, f"{arch}/{variant}" if variant else None):
-                if key and isinstance(values.get(key), dict):
-                    merged.update(values[key])
-            out[stage] = merged
-        return out
+        keys = (arch, variant, f"{arch}/{variant}" if variant else None)
+        return {stage: _overridden(values, keys) for stage, values in self.parity.get("thresholds", {}).items()}
+
+    def device_thresholds(self, runtime: str, variant: str | None = None) -> dict | None:
+        """`[parity.device.<runtime>]`: what a device's own output is judged by (parity/device.py),
+        overridden by the variant's sub-table (e.g. edgellm-int4); None where the profile has none."""
+        table = self.parity.get("device", {}).get(runtime)
+        return _overridden(table, (variant,)) if table else None
+
+
+def _overridden(table: dict, keys) -> dict:
+    """A thresholds table's own values, then each sub-table named in `keys` on top, in order."""
+    merged = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    for key in keys:
+        if key and isinstance(table.get(key), dict):
+            merged.update(table[key])
+    return merged
 
 
 def available() -> list[str]:
@@ -91,7 +99,7 @@ def validate(name: str, data: dict) -> None:
     turns that check off): every key must be one the code reads."""
     from dataclasses import fields
 
-    from parity.metrics import validate_thresholds
+    from parity.gate import STAGES
 
     where = f"targets/{name}.toml"
     known = {f.name for f in fields(TargetProfile)} - {"name"}
@@ -104,18 +112,22 @@ def validate(name: str, data: dict) -> None:
         for stage, table in parity.get(section, {}).items():
             if section == "thresholds" and stage not in STAGES:
                 raise TargetError(f"{where}: unknown parity stage {stage!r}; stages: {', '.join(STAGES)}")
-            for sub, values in [(stage, table)] + [(f"{stage}.{k}", v) for k, v in table.items()
-                                                   if isinstance(v, dict)]:
-                try:
-                    validate_thresholds(values, f"{where} [parity.{section}.{sub}]")
-                except ValueError as e:
-                    raise TargetError(str(e)) from None
-                if nested := [k for k, v in values.items() if isinstance(v, dict) and sub != stage]:
-                    raise TargetError(f"{where} [parity.{section}.{sub}]: nested table(s) {', '.join(nested)}")
+            _validate_table(table, f"{where} [parity.{section}.{stage}]")
+            for sub, values in table.items():
+                if isinstance(values, dict):
+                    if nested := [k for k, v in values.items() if isinstance(v, dict)]:
+                        raise TargetError(f"{where} [parity.{section}.{stage}.{sub}]: nested table(s) "
+                                          f"{', '.join(nested)}")
+                    _validate_table(values, f"{where} [parity.{section}.{stage}.{sub}]")
 
 
-# the stages parity/gate.py measures (kept here so loading a profile needs no torch)
-STAGES = ("fidelity", "quantization", "end_to_end")
+def _validate_table(values: dict, where: str) -> None:
+    from parity.metrics import validate_thresholds
+
+    try:
+        validate_thresholds(values, where)
+    except ValueError as e:
+        raise TargetError(str(e)) from None
 
 
 def _raw(name: str) -> dict:

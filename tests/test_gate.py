@@ -67,13 +67,16 @@ def test_profiles_are_validated(tmp_path, monkeypatch):
             targets.load("x")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c.startswith("apple") else [])
-                                  for c in RANDOM_CASES])  # apple: the cpu GGUF, all layers offloaded
-def test_random_init_models_pass_the_default_gate(case, exported, request):
+def _random_params():
+    for c in RANDOM_CASES:  # apple (the cpu GGUF, all layers offloaded) in the slow suite
+        yield pytest.param(c, marks=[m for m, on in ((pytest.mark.slow, c.startswith("apple")),
+                                                      (pytest.mark.toolenv, needs_toolenv(c))) if on])
+
+
+@pytest.mark.parametrize("case", list(_random_params()))
+def test_random_init_models_pass_the_default_gate(case, exported):
     """A CI smoke export of a random-init bf16 model (vocab 32768) passes on every target that
     takes it, in the regime where raw top-1 refused it (each case is below the old bound)."""
-    if needs_toolenv(case):
-        request.applymarker(pytest.mark.toolenv)
     _, m = exported(case)
     report = m["parity"]
     assert report["passed"]
