@@ -193,6 +193,44 @@ def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=6
         print()
 
 
+URI_HELP = ("hf://org/name[@revision] (Hugging Face Hub; HF_TOKEN), oci://host[:port]/repo[:tag] (any OCI "
+            "registry; EDGEPORT_REGISTRY_USER / EDGEPORT_REGISTRY_PASSWORD or `docker login`), or "
+            "file:///path[:tag] (an OCI image layout directory; tag latest when omitted)")
+
+
+@task(help={
+    "artifact": "an artifact directory made by `invoke export`",
+    "to": URI_HELP,
+    "force": "push even if the artifact's parity failed or is missing, or its files no longer match its "
+             "manifest (pull will then refuse what does not match)",
+    "insecure": "oci://: plain HTTP (a lab registry without TLS)",
+})
+@_cli
+def push(c, artifact, to, force=False, insecure=False):
+    """Publish an artifact to a model registry: GGUF as Docker Model Runner models, the rest as
+    CNCF ModelPack artifacts; on the Hub one commit with a model card. The OCI manifest (or the
+    Hub commit) is written last: an interrupted push leaves no tag."""
+    from publishing.transfer import push as do_push
+
+    print(f"pushed {do_push(Path(artifact), to, force=force, insecure=insecure)}")
+
+
+@task(help={
+    "from_": URI_HELP,
+    "out": "directory to create (refused if it exists, unless --force)",
+    "force": "replace --out if it exists",
+    "insecure": "oci://: plain HTTP (a lab registry without TLS)",
+})
+@_cli
+def pull(c, from_, out, force=False, insecure=False):
+    """Fetch an artifact onto this machine. Every byte is checked against its digest and every
+    file against the artifact's manifest.json before --out appears; a mismatch leaves nothing."""
+    from publishing.transfer import pull as do_pull
+
+    path, pinned = do_pull(from_, Path(out), force=force, insecure=insecure)
+    print(f"pulled {pinned} -> {path}")
+
+
 @task(help={"layers": "comma-separated layer counts (default 2,4)",
             "with_llama_cpp": "also time llama.cpp's own converter on the same input",
             "workdir": "where synthetic checkpoints go (needs ~0.6 GB per layer)"})

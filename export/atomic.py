@@ -126,6 +126,23 @@ def deferred_signals() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
+def umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def normal_permissions(root: Path) -> None:
+    """Give a finished tree the user's usual permissions: mkdtemp makes the staging dir 0700
+    (and mkstemp files 0600), and a rename keeps them."""
+    mask = umask()
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o100
+        os.chmod(p, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def staging(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temp dir; on normal exit it replaces `out`, on any error or interrupt it
@@ -140,6 +157,7 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
             if len(_received) > seen:  # interrupted, and something swallowed the exception
                 raise Interrupted(_received[seen])
             with deferred_signals():  # between the two renames `out` would be missing
+                normal_permissions(tmp)
                 if out.exists():
                     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                     os.replace(out, old / "x")

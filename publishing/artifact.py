@@ -1,0 +1,111 @@
+"""What is shipped: every file an artifact's manifest.json lists, plus manifest.json itself,
+checked against the manifest before a push and after a pull."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import manifest as mf
+
+from .errors import PublishError
+
+CHUNK = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class File:
+    path: str  # relative, '/'-separated
+    size: int
+    sha256: str  # hex
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.sha256}"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(CHUNK):
+            h.update(b)
+    return h.hexdigest()
+
+
+def load_manifest(root: Path) -> dict:
+    p = root / mf.NAME
+    if not p.is_file():
+        raise PublishError(f"{root}: no {mf.NAME}; is this an edgeport artifact?")
+    try:
+        m = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PublishError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), list):
+        raise PublishError(f"{p}: not an edgeport manifest (no file list)")
+    return m
+
+
+def listed(m: dict) -> list[File]:
+    """The manifest's file list, validated: relative paths inside the artifact, no duplicates."""
+    out, seen = [], set()
+    for e in m["files"]:
+        try:
+            path, size, sha = e["path"], int(e["bytes"]), e["sha256"]
+        except (KeyError, TypeError, ValueError):
+            raise PublishError(f"{mf.NAME}: malformed file entry {e!r}") from None
+        parts = Path(path).parts
+        if (not isinstance(path, str) or not parts or Path(path).is_absolute() or ".." in parts
+                or path == mf.NAME or path in seen or len(sha) != 64):
+            raise PublishError(f"{mf.NAME}: refusing file entry {path!r}")
+        seen.add(path)
+        out.append(File(Path(path).as_posix(), size, sha))
+    return out
+
+
+def for_push(root: Path, force: bool = False) -> tuple[dict, list[File]]:
+    """The files to push (manifest.json last), hashed now. Refuses, unless `force`, an artifact
+    whose parity failed or is missing, or whose files no longer match its manifest."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PublishError(f"{root}: no such artifact directory")
+    m = load_manifest(root)
+    problems = []
+    parity = m.get("parity")
+    if not parity:
+        problems.append("it has no parity report (exported with --no-parity?)")
+    elif not parity.get("passed"):
+        problems.append("its parity check failed")
+    files, expected = [], {f.path: f for f in listed(m)}
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                     if p.is_file() and p != root / mf.NAME)
+    for rel in on_disk:
+        p = root / rel
+        actual = File(rel, p.stat().st_size, sha256_of(p))
+        files.append(actual)
+        if rel not in expected:
+            problems.append(f"{rel} is not in its manifest")
+        elif expected[rel] != actual:
+            problems.append(f"{rel} was changed after export (sha256 differs from the manifest)")
+    problems += [f"{rel} is missing" for rel in expected if not (root / rel).is_file()]
+    if problems and not force:
+        raise PublishError(f"refusing to push {root}: {'; '.join(problems)} (--force pushes it anyway)")
+    mp = root / mf.NAME
+    files.append(File(mf.NAME, mp.stat().st_size, sha256_of(mp)))
+    return m, files
+
+
+def verify_pulled(root: Path, files: list[File]) -> None:
+    """After a pull: the manifest.json that arrived lists exactly the other files that arrived,
+    with their sizes and sha256 (each already checked against its registry digest)."""
+    m = load_manifest(root)
+    want = {f.path: f for f in listed(m)}
+    got = {f.path: f for f in files if f.path != mf.NAME}
+    for rel in sorted(set(want) | set(got)):
+        if rel not in got:
+            raise PublishError(f"{rel} is listed in manifest.json but was not published with it")
+        if rel not in want:
+            raise PublishError(f"{rel} was published but is not listed in manifest.json")
+        if want[rel] != got[rel]:
+            raise PublishError(f"{rel} does not match manifest.json (sha256 or size differs)")
