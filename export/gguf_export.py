@@ -58,6 +58,7 @@ class GGUFExporter:
         with step(f"quantizing with llama.cpp to {scheme}"
                   + (" (experts kept MXFP4)" if keep else "")):
             quantize(quant_input, final, scheme, keep=keep or None)
+        write_side_files(job, out, final.name)
         types = tensor_types(final)
         summary = summarize(types, scheme)
         if keep:
@@ -80,6 +81,26 @@ class GGUFExporter:
             parity_inputs={"unquantized": f16, "quantized": final},
             variant=variant, tools=llama_cpp_versions(), messages=msgs,
         )
+
+
+LICENSE_NAMES = ("LICENSE", "LICENSE.md", "LICENSE.txt")
+
+
+def write_side_files(job: Job, out: Path, gguf_name: str) -> list[str]:
+    """What runs the GGUF besides llama.cpp: its Jinja chat template (Docker Model Runner's
+    chat-template layer), the source's license, and Ollama's Modelfile / template / params."""
+    from publishing import ollama
+
+    written = []
+    if tmpl := job.src.chat_template:
+        (out / "chat_template.jinja").write_text(tmpl)
+        written.append("chat_template.jinja")
+    license_text = None
+    if lic := next((job.src.root / n for n in LICENSE_NAMES if (job.src.root / n).is_file()), None):
+        license_text = lic.read_text(errors="replace")
+        (out / "LICENSE").write_text(license_text)
+        written.append("LICENSE")
+    return written + ollama.write(out, gguf_name, tmpl, license_text)
 
 
 def _count(items: list[dict]) -> dict[str, int]:

@@ -189,7 +189,7 @@ def parity_for_artifact(artifact: Path) -> dict:
     m = mf.load(artifact)
     opts = m["runtime"].get("options", {})
     policy = {k: opts[k] for k in ("ep", "jetpack", "device") if k in opts}  # the artifact's own choices
-    job = _job(m["source"]["path"], m["target"], revision=m["source"].get("revision"),
+    job = _job(source_location(m), m["target"], revision=m["source"].get("revision"),
                quantization=m["quantization"]["requested"], policy=policy or None)
     _check_source_unchanged(job.src, m)
     exporter = _exporters()[job.profile.format]
@@ -214,7 +214,7 @@ def device_parity(artifact: Path, device_output: Path) -> dict:
     from runtimes.reference import ReferenceRuntime
 
     m = mf.load(artifact)
-    src = Source.open(m["source"]["path"], m["source"].get("revision"))
+    src = Source.open(source_location(m), m["source"].get("revision"))
     _check_source_unchanged(src, m)
     with step("device parity: the reference against the device's output"), ReferenceRuntime(src.root) as ref:
         report = compare(artifact, device_output, ref)
@@ -222,6 +222,14 @@ def device_parity(artifact: Path, device_output: Path) -> dict:
     m["device_parity"] = {k: v for k, v in report.items() if k != "prompts"}
     mf.write(artifact, m)
     return report
+
+
+def source_location(m: dict) -> str:
+    """Where to find an artifact's source: the path it was exported from, or, on another machine
+    (a pulled artifact on the Jetson), the model as it was named (a path relative to the current
+    directory, or a hub id); the recorded checksums still have to match."""
+    path = m["source"].get("path")
+    return path if path and Path(path).exists() else m["source"]["model"]
 
 
 def _check_source_unchanged(src: Source, m: dict) -> None:

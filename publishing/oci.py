@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from export.atomic import staging
+from export.atomic import staging, umask
 from export.progress import Progress, console
 
 from . import formats
@@ -109,14 +109,31 @@ def pull(store: Store, reference: str, out: Path, force: bool = False) -> tuple[
     if not any(f.path == "manifest.json" for f in files):
         raise PublishError(f"{store.describe()}:{reference} carries no manifest.json; not an edgeport artifact")
     _fetch(store, cfg["digest"], int(cfg["size"]), None)
+    executable = _executables(manifest)
     with staging(Path(out), force) as tmp, Progress() as progress:
         bar = progress.task("downloading", sum(f.size for f in files))
         for f in files:
             dst = tmp / f.path
             dst.parent.mkdir(parents=True, exist_ok=True)
             _fetch(store, f.digest, f.size, dst, bar.advance)
+            if f.path in executable:  # the kit's scripts stay runnable
+                os.chmod(dst, 0o777 & ~umask())
         verify_pulled(tmp, files)
     return Path(out), _digest(raw)
+
+
+def _executables(manifest: dict) -> set[str]:
+    """Paths whose file metadata annotation has the owner's execute bit."""
+    out = set()
+    for layer in manifest.get("layers") or []:
+        ann = layer.get("annotations") or {}
+        try:
+            mode = int(json.loads(ann.get(formats.FILE_METADATA, "{}")).get("mode", 0))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if mode & 0o100 and formats.FILEPATH in ann:
+            out.add(ann[formats.FILEPATH])
+    return out
 
 
 def _fetch(store: Store, digest: str, size: int, dst: Path | None, advance=lambda n: None) -> None:

@@ -1,0 +1,96 @@
+"""Ollama's files, written into every GGUF artifact: a `Modelfile` (`ollama create NAME -f
+Modelfile`), and the Hub's optional `template` (Go template) and `params` (JSON) that
+`ollama run hf.co/org/name:Q4_K_M` reads from the repository root (hub-docs docs/hub/ollama.md).
+
+Chat formats are data: a Jinja chat template is recognised by its markers and mapped to the Go
+template Ollama needs. Ollama switches to its harmony parser when the GGUF's architecture is
+gpt-oss and the template contains both `<|start|>` and `<|end|>` (ollama server/routes.go
+`shouldUseHarmony`); the harmony template below follows the shape of Ollama's own gpt-oss
+template (x/create/client/create.go, `gptossDefaultTemplate`), without the tool sections
+the bundled models were not trained for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+HARMONY = """<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.
+Knowledge cutoff: 2024-06
+Current date: {{ currentDate }}
+
+Reasoning: {{ if and .IsThinkSet .Think (ne .ThinkLevel "") }}{{ .ThinkLevel }}{{ else }}medium{{ end }}
+
+# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
+{{- if .System }}<|start|>developer<|message|># Instructions
+
+{{ .System }}<|end|>
+{{- end }}
+{{- range $i, $msg := .Messages }}
+{{- if eq $msg.Role "user" }}<|start|>user<|message|>{{ $msg.Content }}<|end|>
+{{- else if eq $msg.Role "assistant" }}
+{{- if $msg.Thinking }}<|start|>assistant<|channel|>analysis<|message|>{{ $msg.Thinking }}<|end|>{{ end }}
+{{- if $msg.Content }}<|start|>assistant<|channel|>final<|message|>{{ $msg.Content }}<|end|>{{ end }}
+{{- end }}
+{{- end }}<|start|>assistant"""
+
+LLAMA3 = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- end }}<|start_header_id|>assistant<|end_header_id|>
+
+"""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    name: str
+    markers: tuple[str, ...]  # all present in the source's Jinja template
+    template: str
+    stop: tuple[str, ...]
+    temperature: float | None = None
+
+
+# first match wins
+FORMATS = (
+    ChatFormat("harmony", ("<|start|>", "<|message|>", "<|end|>"), HARMONY, ("<|return|>", "<|call|>"), 1.0),
+    ChatFormat("llama3", ("<|start_header_id|>", "<|eot_id|>"), LLAMA3, ("<|eot_id|>",)),
+)
+
+
+def chat_format(jinja: str | None) -> ChatFormat | None:
+    for f in FORMATS:
+        if jinja and all(m in jinja for m in f.markers):
+            return f
+    return None
+
+
+def _quoted(text: str) -> str:
+    if '"""' in text:
+        raise ValueError('a Modelfile block cannot contain """')
+    return f'"""{text}"""'
+
+
+def write(out: Path, gguf_name: str, chat_template: str | None, license_text: str | None = None) -> list[str]:
+    """Write Modelfile (and, for a known chat format, template + params) into `out`."""
+    fmt = chat_format(chat_template)
+    lines = ["# Ollama: ollama create NAME -f Modelfile  (run in this directory)", f"FROM ./{gguf_name}"]
+    written = ["Modelfile"]
+    if fmt:
+        lines.append(f"TEMPLATE {_quoted(fmt.template)}")
+        lines += [f'PARAMETER stop "{s}"' for s in fmt.stop]
+        params: dict = {"stop": list(fmt.stop)}
+        if fmt.temperature is not None:
+            lines.append(f"PARAMETER temperature {fmt.temperature:g}")
+            params["temperature"] = fmt.temperature
+        (out / "template").write_text(fmt.template)
+        (out / "params").write_text(json.dumps(params, indent=2) + "\n")
+        written += ["template", "params"]
+    if license_text:
+        lines.append(f"LICENSE {_quoted(license_text)}")
+    (out / "Modelfile").write_text("\n".join(lines) + "\n")
+    return written
