@@ -7,7 +7,10 @@ template Ollama needs. Ollama switches to its harmony parser when the GGUF's arc
 gpt-oss and the template contains both `<|start|>` and `<|end|>` (ollama server/routes.go
 `shouldUseHarmony`); the harmony template below follows the shape of Ollama's own gpt-oss
 template (x/create/client/create.go, `gptossDefaultTemplate`), without the tool sections
-the bundled models were not trained for."""
+the bundled models were not trained for.
+
+Ollama passes system messages both as `.System` (collated) and inside `.Messages` (ollama
+template/template.go `collate`): the templates render them once, from `.System`."""
 
 from __future__ import annotations
 
@@ -38,27 +41,39 @@ LLAMA3 = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
 
 {{ .System }}<|eot_id|>
 {{- end }}
-{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+{{- range .Messages }}
+{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
 
 {{ .Content }}<|eot_id|>
-{{- end }}<|start_header_id|>assistant<|end_header_id|>
-
-"""
+{{- end }}
+{{- end }}{generation_prompt}"""
 
 
 @dataclass(frozen=True)
 class ChatFormat:
     name: str
     markers: tuple[str, ...]  # all present in the source's Jinja template
-    template: str
+    template: str  # `{generation_prompt}`: what the Jinja template appends after the last turn
     stop: tuple[str, ...]
     temperature: float | None = None
+    turn_end: str = ""  # the marker that ends a turn, before the generation prompt
+
+    def render(self, jinja: str) -> str:
+        if "{generation_prompt}" not in self.template:
+            return self.template
+        import jinja2
+
+        text = jinja2.Environment().from_string(jinja).render(
+            messages=[{"role": "user", "content": "x"}], add_generation_prompt=True, bos_token="")
+        return self.template.replace("{generation_prompt}", text.rsplit(self.turn_end, 1)[-1])
 
 
 # first match wins
 FORMATS = (
     ChatFormat("harmony", ("<|start|>", "<|message|>", "<|end|>"), HARMONY, ("<|return|>", "<|call|>"), 1.0),
-    ChatFormat("llama3", ("<|start_header_id|>", "<|eot_id|>"), LLAMA3, ("<|eot_id|>",)),
+    # Llama 3 writes "\n\n" after the assistant header; a template may trim it (the bundled
+    # tiny Llama's does): the generation prompt is taken from the Jinja template itself
+    ChatFormat("llama3", ("<|start_header_id|>", "<|eot_id|>"), LLAMA3, ("<|eot_id|>",), turn_end="<|eot_id|>"),
 )
 
 
@@ -81,13 +96,14 @@ def write(out: Path, gguf_name: str, chat_template: str | None, license_text: st
     lines = ["# Ollama: ollama create NAME -f Modelfile  (run in this directory)", f"FROM ./{gguf_name}"]
     written = ["Modelfile"]
     if fmt:
-        lines.append(f"TEMPLATE {_quoted(fmt.template)}")
+        template = fmt.render(chat_template)
+        lines.append(f"TEMPLATE {_quoted(template)}")
         lines += [f'PARAMETER stop "{s}"' for s in fmt.stop]
         params: dict = {"stop": list(fmt.stop)}
         if fmt.temperature is not None:
             lines.append(f"PARAMETER temperature {fmt.temperature:g}")
             params["temperature"] = fmt.temperature
-        (out / "template").write_text(fmt.template)
+        (out / "template").write_text(template)
         (out / "params").write_text(json.dumps(params, indent=2) + "\n")
         written += ["template", "params"]
     if license_text:
