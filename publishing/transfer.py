@@ -11,6 +11,24 @@ from .stores import LayoutStore, RegistryStore
 from .uri import HubRef, LayoutRef, OciRef, parse
 
 
+def _network_errors(fn):
+    """A connection that drops mid-transfer (after the retries) is a one-line error too."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        import requests
+
+        try:
+            return fn(*a, **kw)
+        except requests.RequestException as e:
+            host = getattr(getattr(e, "request", None), "url", "") or ""
+            host = host.split("/")[2] if host.count("/") >= 2 else "the registry"
+            raise PublishError(f"network error talking to {host}: {type(e).__name__}") from None
+    return wrapper
+
+
+@_network_errors
 def push(artifact: Path, to: str, *, force: bool = False, insecure: bool = False, hub_api=None) -> str:
     """Publish `artifact` at `to`; returns where it landed, pinned (`…@sha256:…` or the commit)."""
     ref = parse(to)
@@ -23,6 +41,7 @@ def push(artifact: Path, to: str, *, force: bool = False, insecure: bool = False
     return f"{store.describe()}@{digest}"
 
 
+@_network_errors
 def pull(uri: str, out: Path, *, force: bool = False, insecure: bool = False, hub_api=None) -> tuple[Path, str]:
     """Fetch the artifact at `uri` into `out`, verified; returns (out, pinned source)."""
     ref = parse(uri)
