@@ -260,15 +260,20 @@ def lint(c):
     c.run(f"{sys.executable} -m ruff check .")
 
 
-@task(help={"artifact": "artifact directory"})
+@task(help={"artifact": "artifact directory", "json_": "print the whole manifest as JSON instead"})
 @_cli
-def show(c, artifact):
-    """Print an artifact's manifest summary."""
+def show(c, artifact, json_=False):
+    """One screen about an artifact: model, target, size, quantization with fallbacks, parity
+    per stage, bench figures if any, and how to run, serve and ship it."""
+    from benchmarking.summary import render
     from export import manifest as mf
+    from export.progress import console
 
     m = mf.load(Path(artifact))
-    print(json.dumps({k: m[k] for k in ("target", "format", "runtime", "architecture")}, indent=2))
-    print(json.dumps(m["quantization"]["applied"]["counts"], indent=2))
+    if json_:
+        print(json.dumps(m, indent=2))
+        return
+    console.print(render(Path(artifact), m))
 
 
 @task(
