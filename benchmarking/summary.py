@@ -61,7 +61,7 @@ def render(artifact: Path, m: dict) -> Group:
         pt.add_column(col)
     for name, st in ((p or {}).get("stages") or {}).items():
         s = st.get("summary", {})
-        f = lambda k, fmt: "-" if s.get(k) is None else format(s[k], fmt)
+        f = lambda k, fmt, s=s: "-" if s.get(k) is None else format(s[k], fmt)
         pt.add_row(name, st.get("compares", ""), f("mean_kl", ".2e"), f("p99_kl", ".2e"), f("top1_regret", ".1e"),
                    f("top1", ".3f"), f("ppl_delta_pct", "+.2f"),
                    "reported" if not st.get("judged", True) else
