@@ -231,6 +231,29 @@ def pull(c, from_, out, force=False, insecure=False):
     print(f"pulled {pinned} -> {path}")
 
 
+@task(help={"build": "build the tools now if they are not built yet (about 10 minutes on 2 cores, once)",
+            "force": "rebuild them even if they are built"})
+@_cli
+def tools(c, build=False, force=False):
+    """llama.cpp's command-line tools (llama-server, llama-bench, llama-imatrix, llama-quantize).
+
+    Built from the llama.cpp in the pinned llama-cpp-python sdist (the commit our quantizer and
+    runtime use) on first use, then reused, in ~/.cache/edgeport/llama.cpp-tools/<version>.
+    """
+    from tools import llama_cpp as lt
+
+    if build or force:
+        lt.build(force=force)
+    info, where = lt.installed(), lt.tools_dir()
+    state = "built" if info else "not built yet (invoke tools --build)"
+    print(f"llama.cpp tools for llama-cpp-python {lt.version()}: {state}")
+    for name in lt.TOOLS:
+        print(f"  {name:<15} {where / name}")
+    if info:
+        print(f"  {info['version_output'].splitlines()[0]}, built in {info['build_seconds'] / 60:.1f} min "
+              f"({where / 'build.json'})")
+
+
 @task(help={"layers": "comma-separated layer counts (default 2,4)",
             "with_llama_cpp": "also time llama.cpp's own converter on the same input",
             "workdir": "where synthetic checkpoints go (needs ~0.6 GB per layer)"})

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import textwrap
 from pathlib import Path
+
+from tools.llama_cpp import sdist as llama_cpp_sdist
 
 CACHE = Path.home() / ".cache" / "edgeport" / "oracle"
 PRE = {"GptOssForCausalLM": "gpt-4o", "LlamaForCausalLM": "llama-bpe"}
@@ -28,16 +29,7 @@ def converter_script() -> Path:
     if script.is_file():
         return script
     CACHE.mkdir(parents=True, exist_ok=True)
-    sdist = CACHE / f"llama_cpp_python-{version}.tar.gz"
-    if not sdist.is_file():
-        try:
-            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                f"llama-cpp-python=={version}", "-d", str(CACHE)],
-                               capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"cannot download the llama-cpp-python {version} sdist: pip timed out") from None
-        if r.returncode != 0 or not sdist.is_file():
-            raise RuntimeError(f"cannot download the llama-cpp-python {version} sdist: {r.stderr[-300:]}")
+    sdist = llama_cpp_sdist()  # RuntimeError with the cause when it cannot be downloaded
     keep = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
     # extract beside the cache and move into place whole: an interrupted run leaves no half tree
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:

@@ -65,7 +65,7 @@ def compare(artifacts: list[Path], reps: int = 3, new_tokens: int = 32) -> dict:
     src_bytes = sum(v["bytes"] for k, v in ms[0]["source"]["files"].items() if k.endswith(".safetensors"))
     rows.append({"name": "reference", "runtime": "transformers", "target": "-", "quantization": "source",
                  "bytes": src_bytes, **_perf(perf), "peak_rss_mib": rss,
-                 "quality_retained_pct": 100.0, "mean_kl": 0.0, "top1": 1.0, "top1_regret": 0.0})
+                 "quality_retained_pct": 100.0, "mean_kl": 0.0, "top1": 1.0, "top1_regret": 0.0, "parity": "-"})
     for a, m in zip(artifacts, ms, strict=True):
         name = m["runtime"]["name"]
         if name not in RUNS_HERE:
@@ -74,7 +74,8 @@ def compare(artifacts: list[Path], reps: int = 3, new_tokens: int = 32) -> dict:
         perf, rss = _measure(a, opts, window, new_tokens, reps)
         rows.append({"name": str(a), "runtime": name, "target": m["target"],
                      "quantization": m["quantization"].get("requested"), "bytes": artifact_bytes(a, m),
-                     **_perf(perf), "peak_rss_mib": rss, **_quality(m.get("parity"))})
+                     **_perf(perf), "peak_rss_mib": rss, **_quality(m.get("parity")),
+                     "parity": None if not m.get("parity") else ("passed" if m["parity"]["passed"] else "FAILED")})
     return {"model": ms[0]["source"].get("model"), "prompt_tokens": perf["prompt_tokens"],
             "new_tokens": new_tokens, "threads": threads(), "reps": reps, "rows": rows}
 
@@ -90,7 +91,7 @@ def table(result: dict):
     t = Table(title=f"{result['model']}: {result['prompt_tokens']}-token prompt + {result['new_tokens']} new, "
                     f"{result['threads']} threads, median of {result['reps']}")
     for col in ("artifact", "runtime", "quantization", "size MiB", "TTFT ms", "decode tok/s", "peak RSS MiB",
-                "quality retained", "mean KL", "top-1"):
+                "quality retained", "mean KL", "top-1", "parity"):
         t.add_column(col, justify="left" if col in ("artifact", "runtime", "quantization") else "right")
     for r in result["rows"]:
         q = r["quality_retained_pct"]
@@ -98,5 +99,5 @@ def table(result: dict):
                   str(r["quantization"]), f"{r['bytes'] / 2**20:.1f}", f"{r['ttft_ms']:.1f}", f"{r['decode_tps']:.1f}",
                   f"{r['peak_rss_mib']:.0f}", "-" if q is None else f"{q:.2f} %",
                   "-" if r["mean_kl"] is None else f"{r['mean_kl']:.2e}",
-                  "-" if r["top1"] is None else f"{r['top1']:.3f}")
+                  "-" if r["top1"] is None else f"{r['top1']:.3f}", r["parity"] or "none")
     return t
