@@ -30,7 +30,10 @@ def tool_versions(extra: dict[str, str | None] | None = None) -> dict[str, str |
 
 
 def file_entries(root: Path) -> list[dict]:
-    return [{"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    """Every file but manifest.json: path, bytes, sha256, and `executable` for scripts (a Jetson
+    kit's), so a pull from a store that keeps no modes (the Hub) can restore them."""
+    return [{"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256_file(p),
+             **({"executable": True} if p.stat().st_mode & 0o100 else {})}
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != NAME]
 
 

@@ -4,14 +4,14 @@ manifest.json it carries. `api` is an `HfApi` (tests pass a recorder)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from export import manifest as mf
-from export.atomic import staging
+from export.atomic import check_writable, staging, umask
 from export.errors import EdgeportError
-from export.progress import console
 
 from . import modelcard
 from .artifact import File, listed, sha256_of, verify_pulled
@@ -50,8 +50,8 @@ def push(api, ref: HubRef, root: Path, m: dict, files: list[File]) -> str:
     card = modelcard.build(m, ref.repo_id).encode()
     ops = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(root / f.path)) for f in files]
     ops.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card))
-    console.print(f"pushing {len(files)} files + {CARD} to {ref} in one commit "
-                  f"({sum(f.size for f in files) / 2**20:.1f} MiB)", highlight=False)
+    print(f"pushing {len(files)} files + {CARD} to {ref} in one commit "
+          f"({sum(f.size for f in files) / 2**20:.1f} MiB)", flush=True)
     try:
         api.create_repo(repo_id=ref.repo_id, repo_type="model", exist_ok=True)
         info = api.create_commit(repo_id=ref.repo_id, repo_type="model", operations=ops,
@@ -68,11 +68,14 @@ def push(api, ref: HubRef, root: Path, m: dict, files: list[File]) -> str:
 def pull(api, ref: HubRef, out: Path, force: bool = False) -> tuple[Path, str]:
     """Resolve the revision to one commit, download manifest.json and then exactly the files it
     lists, hash each against it, and move the result to `out` only when all match."""
+    check_writable(Path(out), force)  # before downloading anything
     try:
         sha = api.model_info(ref.repo_id, revision=ref.revision).sha
         with tempfile.TemporaryDirectory(prefix=".edgeport-hub-", dir=Path(out).absolute().parent) as dl:
             api.hf_hub_download(repo_id=ref.repo_id, filename=mf.NAME, revision=sha, local_dir=dl)
-            want = listed(_load(Path(dl)))
+            m = _load(Path(dl))
+            want = listed(m)
+            executable = {e["path"] for e in m["files"] if e.get("executable")}
             api.snapshot_download(repo_id=ref.repo_id, revision=sha, local_dir=dl,
                                   allow_patterns=[f.path for f in want])
             with staging(Path(out), force) as tmp:
@@ -84,6 +87,8 @@ def pull(api, ref: HubRef, out: Path, force: bool = False) -> tuple[Path, str]:
                     dst = tmp / f.path
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(src, dst)
+                    if f.path in executable:  # the Hub keeps no file modes; the manifest does
+                        os.chmod(dst, 0o777 & ~umask())
                     got.append(File(f.path, dst.stat().st_size, sha256_of(dst)))
                 verify_pulled(tmp, got)
     except EdgeportError:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from export.atomic import staging, umask
-from export.progress import Progress, console
+from export.progress import Progress
 
 from . import formats
 from .artifact import File, verify_pulled
@@ -49,8 +49,8 @@ def push(store: Store, reference: str, root: Path, m: dict, files: list[File]) -
     config, manifest = build(m, files, root)
     todo = [f for f in files if not store.has_blob(f.digest, f.size)]
     total = sum(f.size for f in todo)
-    console.print(f"pushing {len(files)} files to {store.describe()}:{reference} "
-                  f"({_mib(total)} to upload, {len(files) - len(todo)} already there)", highlight=False)
+    print(f"pushing {len(files)} files to {store.describe()}:{reference} "
+          f"({_mib(total)} to upload, {len(files) - len(todo)} already there)", flush=True)
     with Progress() as progress:
         bar = progress.task("uploading", total)
         for f in todo:

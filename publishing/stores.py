@@ -270,20 +270,25 @@ class RegistryStore:
                 raise PublishError(f"{host} rejected the credentials (HTTP 401)")
 
     def _probe(self, requests):
-        """GET /v2/ once (with one retry): an unreachable registry fails in seconds, not minutes."""
+        """GET /v2/ (a refused connection is tried once more): an unreachable or silent host
+        fails in seconds, not minutes, and a server that is no registry says so."""
         url = f"{self.scheme}://{self.host}/v2/"
         for attempt in range(2):
             try:
-                return requests.get(url, timeout=(CONNECT_TIMEOUT, 10))
+                r = requests.get(url, timeout=(CONNECT_TIMEOUT, CONNECT_TIMEOUT))
+                break
             except requests.exceptions.SSLError:
                 raise PublishError(f"{self.host}: TLS handshake failed (a plain-HTTP registry needs --insecure)") \
                     from None
-            except (requests.ConnectionError, requests.Timeout) as e:
+            except requests.Timeout:
+                raise PublishError(f"cannot reach registry {self.host} (timed out)") from None
+            except requests.ConnectionError:
                 if attempt:
-                    kind = "timed out" if isinstance(e, requests.Timeout) else "refused or unreachable"
-                    raise PublishError(f"cannot reach registry {self.host} ({kind})") from None
+                    raise PublishError(f"cannot reach registry {self.host} (refused or unreachable)") from None
                 time.sleep(1)
-        raise AssertionError("unreachable")
+        if r.status_code not in (200, 401):
+            raise PublishError(f"{self.host} is not an OCI registry (GET /v2/ returned HTTP {r.status_code})")
+        return r
 
     def describe(self) -> str:
         return f"oci://{self.host}/{self.repository}"

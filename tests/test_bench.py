@@ -1,0 +1,154 @@
+"""invoke bench: one artifact against its raw backend (bench.json, manifest, PNG), the
+comparison table across one model's artifacts, and load on a real running server
+(llama.cpp's own llama-server, built by tools/llama_cpp.py). Speeds are measured and written,
+never asserted against a goal: those live in the note and bench/, not in timed tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _copy(exported, case: str, tmp_path: Path) -> Path:
+    src, _ = exported(case)
+    dst = tmp_path / case
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _invoke(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200)
+
+
+@pytest.mark.parametrize("case", ["cpu-gpt-oss", "cpu-llama", "onnx-llama-int8", "onnx-gpt-oss-mxfp4-int8"])
+def test_bench_artifact_writes_report_manifest_and_figure(exported, tmp_path, case):
+    from export import manifest as mf
+    from publishing.artifact import for_push
+
+    art = _copy(exported, case, tmp_path)
+    r = _invoke("bench", "--artifact", str(art), "--reps", "2", "--new-tokens", "8")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((art / "bench.json").read_text())
+    m = mf.load(art)
+    assert (art / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = [w["name"] for w in report["workloads"]]
+    assert names == ["short", "long"]
+    window = m["parity"]["sliding_window"]
+    assert report["workloads"][1]["prompt_tokens"] >= max(512, 4 * (window or 0))  # past the window
+    for w in report["workloads"]:
+        for k in ("ttft_s", "prefill_tps", "decode_tps"):
+            assert 0 < w[k]["min"] <= w[k]["median"] <= w[k]["max"] and w[k]["n"] == 2
+        raw = w["raw"]
+        assert raw["backend"] == ("llama-bench" if m["format"] == "gguf" else "onnxruntime-genai")
+        assert raw["decode_tps"] > 0 and raw["prefill_tps"] > 0 and raw["peak_rss_mib"] > 0
+        assert w["ratio"]["decode"] == pytest.approx(w["decode_tps"]["median"] / raw["decode_tps"])
+    assert report["machine"]["threads"] >= 1 and report["peak_rss_mib"] > 0
+    # the manifest carries the summary and lists the new files with their checksums: still pushable
+    assert m["bench"]["workloads"][0]["prompt_tokens"] == report["workloads"][0]["prompt_tokens"]
+    assert {"bench.json", "bench.png"} <= {f["path"] for f in m["files"]}
+    for_push(art)
+    shown = _invoke("show", "--artifact", str(art))
+    assert shown.returncode == 0 and "decode tok/s" in shown.stdout
+
+
+def test_bench_refuses_a_runtime_that_does_not_run_here(exported):
+    art, _ = exported("jetson-llama-int8")
+    r = _invoke("bench", "--artifact", str(art))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not run on this machine" in r.stderr
+
+
+@pytest.mark.slow
+def test_compare_tiny_gpt_oss_reference_gguf_onnx_int8_int4(exported, tmp_path):
+    """The seed's table: reference, GGUF Q4_K_M, ONNX int8, ONNX int4 (int4 fails the gate on
+    the tiny gpt-oss, so it is kept with --keep-failed and the table says so)."""
+    from export.pipeline import export
+
+    gguf, _ = exported("cpu-gpt-oss")
+    onnx8, _ = export(str(ROOT / "models/tiny-gpt-oss"), "onnx", tmp_path / "onnx-int8")
+    onnx4, m4 = export(str(ROOT / "models/tiny-gpt-oss"), "onnx", tmp_path / "onnx-int4", quantization="int4",
+                       keep_failed=True)
+    out = tmp_path / "cmp"
+    r = _invoke("bench", "--compare", f"{gguf},{onnx8}", "--compare", str(onnx4), "--reps", "2",
+                "--new-tokens", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.with_suffix(".json").read_text())
+    rows = res["rows"]
+    assert [x["runtime"] for x in rows] == ["transformers", "llama.cpp", "onnxruntime", "onnxruntime"]
+    assert [x["quantization"] for x in rows] == ["source", "Q4_K_M", "int8", "int4"]
+    assert rows[0]["quality_retained_pct"] == 100.0
+    for x in rows[1:]:
+        assert 0 < x["quality_retained_pct"] < 100 and x["bytes"] > 0 and x["decode_tps"] > 0
+    assert rows[3]["parity"] == ("passed" if m4["parity"]["passed"] else "FAILED")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "quality" in r.stdout and "reference" in r.stdout
+
+
+def test_compare_refuses_artifacts_of_different_models(exported):
+    a, _ = exported("cpu-gpt-oss")
+    b, _ = exported("cpu-llama")
+    r = _invoke("bench", "--compare", f"{a},{b}")
+    assert r.returncode == 2 and "one model" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def llama_server(exported):
+    """llama.cpp's own server on the tiny Llama GGUF, 4 parallel slots, on a free port."""
+    import httpx
+
+    from bench.registry import free_port
+    from tools.llama_cpp import repack_args, tool
+
+    art, m = exported("cpu-llama")
+    port = free_port()
+    exe = tool("llama-server")
+    proc = subprocess.Popen([str(exe), "-m", str(art / m["runtime"]["model_file"]), "--host", "127.0.0.1",
+                             "--port", str(port), "-np", "4", "-c", "4096", "-t", "2",
+                             *repack_args("llama-server")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("llama-server did not become healthy in 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_bench_serve_against_a_running_server(llama_server, tmp_path):
+    out = tmp_path / "serve.json"
+    r = _invoke("bench", "--serve", llama_server, "--clients", "1,4,8", "--requests", "2", "--new-tokens", "16",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert [x["clients"] for x in res["runs"]] == [1, 4, 8]
+    for run in res["runs"]:
+        assert run["errors"] == 0 and run["requests"] == 2 * run["clients"]
+        assert run["output_tokens"] > 0 and run["throughput_tps"] > 0
+        for k in ("ttft_any_chunk_ms", "ttft_ms", "e2e_ms", "itl_ms"):
+            s = run[k]
+            assert s["n"] > 0 and s["p50"] <= s["p90"] <= s["p99"]
+        assert run["ttft_any_chunk_ms"]["p50"] <= run["ttft_ms"]["p50"]  # a role chunk comes first
+    assert "TTFT" in r.stdout
+
+
+def test_bench_serve_unreachable_is_one_line(tmp_path):
+    from bench.registry import free_port
+
+    r = _invoke("bench", "--serve", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.json"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("edgeport: error:")
