@@ -29,7 +29,10 @@ def _invoke(*args: str) -> subprocess.CompletedProcess:
                           timeout=1200)
 
 
-@pytest.mark.parametrize("case", ["cpu-gpt-oss", "cpu-llama", "onnx-llama-int8", "onnx-gpt-oss-mxfp4-int8"])
+# GGUF's raw backend is llama-bench: built on a cold cache (~10 min), so those cases are slow
+@pytest.mark.parametrize("case", [pytest.param("cpu-gpt-oss", marks=pytest.mark.slow),
+                                  pytest.param("cpu-llama", marks=pytest.mark.slow),
+                                  "onnx-llama-int8", "onnx-gpt-oss-mxfp4-int8"])
 def test_bench_artifact_writes_report_manifest_and_figure(exported, tmp_path, case):
     from export import manifest as mf
     from publishing.artifact import for_push
@@ -130,6 +133,7 @@ def llama_server(exported):
     proc.wait(10)
 
 
+@pytest.mark.slow  # llama-server: built with the tools
 def test_bench_serve_against_a_running_server(llama_server, tmp_path):
     out = tmp_path / "serve.json"
     r = _invoke("bench", "--serve", llama_server, "--clients", "1,4,8", "--requests", "2", "--new-tokens", "16",

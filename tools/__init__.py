@@ -1,0 +1,1 @@
+"""Third-party programs edgeport builds for itself and caches (llama.cpp's command-line tools)."""
