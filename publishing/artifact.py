@@ -3,16 +3,14 @@ checked against the manifest before a push and after a pull."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from export import manifest as mf
+from export.source import sha256_file as sha256_of
 
 from .errors import PublishError
-
-CHUNK = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -24,14 +22,6 @@ class File:
     @property
     def digest(self) -> str:
         return f"sha256:{self.sha256}"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(CHUNK):
-            h.update(b)
-    return h.hexdigest()
 
 
 def load_manifest(root: Path) -> dict:

@@ -86,16 +86,24 @@ class LayoutStore:
     def _index_bytes(manifests: list[dict]) -> bytes:
         return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    @staticmethod
+    @contextlib.contextmanager
+    def _atomic(path: Path):
+        """A temp file beside `path`, renamed onto it (with the umask's mode) only if the
+        block completes."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
             os.chmod(tmp, 0o666 & ~umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        with self._atomic(path) as f:
+            f.write(data)
 
     def has_blob(self, digest: str, size: int) -> bool:
         p = self._blob(digest)
@@ -104,22 +112,14 @@ class LayoutStore:
     def put_blob(self, path: Path, digest: str, size: int, advance: Advance) -> None:
         import hashlib
 
-        dst = self._blob(digest)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=dst.parent)
         h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                while b := src.read(READ_CHUNK):
-                    out.write(b)
-                    h.update(b)
-                    advance(len(b))
+        with self._atomic(self._blob(digest)) as out, open(path, "rb") as src:
+            while b := src.read(READ_CHUNK):
+                out.write(b)
+                h.update(b)
+                advance(len(b))
             if f"sha256:{h.hexdigest()}" != digest:
                 raise PublishError(f"{path} changed while it was being pushed")
-            os.chmod(tmp, 0o666 & ~umask())
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def put_bytes(self, data: bytes, digest: str) -> None:
         self._atomic_write(self._blob(digest), data)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,19 @@ sys.path.insert(0, str(ROOT))
 
 GPT_OSS = ROOT / "models" / "tiny-gpt-oss"
 LLAMA = ROOT / "models" / "tiny-llama"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str, why: str):
+    """`what` cannot run here: fail in CI (CI=true), where it must run; elsewhere skip, saying why."""
+    if in_ci():
+        pytest.fail(f"CI=true: {what} must run, but {why}", pytrace=False)
+    reason = f"{what} not run ({why}); in CI (CI=true) this fails instead"
+    warnings.warn(reason, pytest.PytestWarning, stacklevel=2)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,9 @@ In CI (CI=true) a missing sdist or toolchain fails; elsewhere it skips, saying w
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import signal
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ import tools.llama_cpp as lt
 from export.atomic import Interrupted
 from export.errors import RuntimeUnavailable
 from runtimes import llamacpp
-from tests.conftest import LLAMA, gguf_of
+from tests.conftest import LLAMA, gguf_of, unavailable
 
 # llama.cpp's `--version` (common's llama_print_build_info): "version: 0.5.0-dev (build 1, commit 0c1e570)"
 VERSION_LINE = re.compile(r"version: (?P<version>\S+) \(build (?P<build>\d+), commit (?P<commit>[0-9a-f]{7,})\)")
@@ -38,12 +36,7 @@ def require_build_inputs() -> None:
         lt.check_prerequisites()
         return
     except (RuntimeError, RuntimeUnavailable) as e:
-        why = str(e).strip()
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true: llama.cpp's tools must build, but {why}", pytrace=False)
-    reason = f"llama.cpp's tools cannot be built here ({why}); in CI (CI=true) this fails instead"
-    warnings.warn(reason, pytest.PytestWarning, stacklevel=1)
-    pytest.skip(reason)
+        unavailable("building llama.cpp's tools", str(e).strip())
 
 
 @pytest.fixture(scope="module")

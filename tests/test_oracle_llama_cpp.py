@@ -9,10 +9,8 @@ Elsewhere the test is skipped, and the reason is shown as a warning.
 """
 
 import json
-import os
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 
 import gguf
@@ -25,7 +23,7 @@ from export.architectures import GPT_OSS
 from export.gguf_export import GGUFExporter
 from export.gguf_quantize import quantize
 from export.llama_log import LlamaLog
-from tests.conftest import gguf_of
+from tests.conftest import gguf_of, unavailable
 
 # Keys allowed to differ, and why. Every other key must be present on both sides, equal.
 MAY_DIFFER = {
@@ -40,21 +38,12 @@ MAY_DIFFER = {
 EXPLICIT = {"tokenizer.ggml.add_bos_token": lambda vocab, lc: bool(lc.llama_vocab_get_add_bos(vocab))}
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 def require_converter() -> Path:
     """The converter script; fails the test in CI when it cannot be had, skips (saying why) elsewhere."""
     try:
         return bench.llama_cpp_converter.converter_script()
     except RuntimeError as e:
-        why = str(e).strip()
-    if in_ci():
-        pytest.fail(f"CI=true: the llama.cpp converter oracle must run, but {why}", pytrace=False)
-    reason = f"llama.cpp converter oracle not run ({why}); in CI (CI=true) this fails instead"
-    warnings.warn(reason, pytest.PytestWarning, stacklevel=1)
-    pytest.skip(reason)
+        unavailable("the llama.cpp converter oracle", str(e).strip())
 
 
 @pytest.fixture(scope="session")
