@@ -6,7 +6,6 @@ process; its peak RSS comes from wait4."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,22 +14,34 @@ from pathlib import Path
 
 from export.errors import RuntimeUnavailable
 
+# A forked child's peak RSS counts the parent's pages at fork time (Linux saves the old mm's
+# high-water mark at exec; vfork shares it), so a big parent inflates every child it measures.
+# Children are started from this small shim (`python -S`, a few MB), which reports the child's
+# own rusage: the figure is the child's peak plus at most the shim's size.
+_SHIM = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+sys.stderr.write(f"\\n@@peak_rss_kib={ru.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
 
 def _run(cmd: list[str], stdin: str | None = None) -> tuple[str, float]:
-    """(stdout, peak RSS MiB) of one child; reaped with wait4 for its own rusage."""
+    """(stdout, peak RSS MiB) of one child process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
-        with p.stdin:
-            p.stdin.write((stdin or "").encode())
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.run([sys.executable, "-S", "-c", _SHIM, *cmd], input=(stdin or "").encode(),
+                           stdout=out, stderr=err, check=False)
         out.seek(0)
         err.seek(0)
         text, etext = out.read().decode(), err.read().decode()
+    etext, _, rss = etext.rpartition("\n@@peak_rss_kib=")
     if p.returncode:
         tail = (etext or text).strip().splitlines()[-1:] or [f"exit {p.returncode}"]
         raise RuntimeUnavailable(f"{Path(cmd[0]).name} failed: {tail[0][:200]}")
-    return text, ru.ru_maxrss / 1024
+    return text, int(rss.strip() or 0) / 1024
 
 
 def llama_bench(gguf: Path, prompt_tokens: int, new_tokens: int, reps: int, threads: int) -> dict:
