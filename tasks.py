@@ -38,6 +38,13 @@ def _cli(fn):
     return wrapper
 
 
+def _stdout():
+    """A command's result (tables, summaries) goes to stdout; progress and errors to stderr."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
 def _quiet_libs():
     import logging
 
@@ -254,6 +261,33 @@ def tools(c, build=False, force=False):
               f"({where / 'build.json'})")
 
 
+@task(help={
+    "device": "a device profile in targets/devices.toml, e.g. rtx-4090, apple-m-32gb, orin-agx-64gb, 8x-h100-80gb",
+    "model": "model directory (config.json, tokenizer.json) or a config.json; e.g. planning/configs/gpt-oss-20b.json",
+    "target": "cpu | apple | vllm | onnx | jetson (default: the device's recommended target)",
+    "context": "tokens per sequence (default: the target's n_ctx / max_model_len)",
+    "concurrency": "sequences held at once (each with --context tokens of KV cache)",
+    "quantization": "the target's precision, e.g. Q4_K_M, Q8_0 (gguf); int8, int4 (onnx, jetson)",
+    "llama_server": "GGUF: plan for llama-server/llama-cli defaults (flash attention, small SWA cache) instead of "
+                    "edgeport's llama-cpp-python runtime",
+    "json_": "print the plan as JSON (fields: README, Planning memory)",
+})
+@_cli
+def plan(c, device, model, target=None, context=None, concurrency=1, quantization=None, llama_server=False,
+         json_=False):
+    """Will the model fit the device? Weights, KV cache and runtime buffers from config.json alone, and what to
+    change when it does not fit (context, --n-cpu-moe, n_gpu_layers, tensor parallelism, target)."""
+    from planning.memory import plan as make_plan
+    from planning.report import render
+
+    p = make_plan(model, device, target=target, context=int(context) if context else None,
+                  concurrency=int(concurrency), quantization=quantization, llama_server=llama_server)
+    if json_:
+        print(json.dumps(p.to_json(), indent=2))
+    else:
+        render(p)
+
+
 @task(help={"layers": "comma-separated layer counts (default 2,4)",
             "with_llama_cpp": "also time llama.cpp's own converter on the same input",
             "workdir": "where synthetic checkpoints go (needs ~0.6 GB per layer)"})
@@ -290,13 +324,12 @@ def show(c, artifact, json_=False):
     per stage, bench figures if any, and how to run, serve and ship it."""
     from benchmarking.summary import render
     from export import manifest as mf
-    from export.progress import console
 
     m = mf.load(Path(artifact))
     if json_:
         print(json.dumps(m, indent=2))
         return
-    console.print(render(Path(artifact), m))
+    _stdout().print(render(Path(artifact), m))
 
 
 @task(
@@ -338,14 +371,14 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
         _print_bench(report)
         print(f"wrote {Path(artifact) / 'bench.json'}, {Path(artifact) / 'bench.png'}")
     elif compare:
+
         from benchmarking.compare import compare as run_compare
         from benchmarking.compare import table
         from benchmarking.plots import compare_figure
-        from export.progress import console
 
         dirs = [Path(p) for item in compare for p in item.split(",") if p]
         result = run_compare(dirs, reps=int(reps), new_tokens=int(new_tokens or 32))
-        console.print(table(result))
+        _stdout().print(table(result))
         stem = Path(out or "bench-compare")
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         compare_figure(result, stem.with_suffix(".png"))
@@ -372,8 +405,6 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
 def _print_bench(report: dict) -> None:
     from rich.table import Table
 
-    from export.progress import console
-
     m = report["machine"]
     t = Table(title=f"{report['artifact']['target']} / {report['artifact']['runtime']} on {m['cpu']}, "
                     f"{m['threads']} threads, median (min–max) of {report['reps']}")
@@ -386,16 +417,14 @@ def _print_bench(report: dict) -> None:
         t.add_row(f"{w['name']} ({w['prompt_tokens']})", f(w["ttft_s"], 1000), f(w["prefill_tps"]),
                   f(w["decode_tps"]), f"{r['prefill_tps']:.1f}" if r else "-", f"{r['decode_tps']:.1f}" if r else "-",
                   f"{q['decode']:.3f}" if q else "-", f"{q['ttft_overhead_ms']:+.1f}" if q else "-")
-    console.print(t)
-    console.print(f"peak RSS {report['peak_rss_mib']:.0f} MiB (edgeport process)"
+    _stdout().print(t)
+    _stdout().print(f"peak RSS {report['peak_rss_mib']:.0f} MiB (edgeport process)"
                   + (f", raw backend {max(w['raw']['peak_rss_mib'] for w in report['workloads']):.0f} MiB"
                      if all('raw' in w for w in report["workloads"]) else ""), highlight=False)
 
 
 def _print_serve(result: dict) -> None:
     from rich.table import Table
-
-    from export.progress import console
 
     t = Table(title=f"{result['url']} ({result['model']}), {result['endpoint']}, max_tokens {result['max_tokens']}")
     for col in ("clients", "requests", "errors", "tok/s", "TTFT p50/p99 ms", "first answer p50 ms",
@@ -407,4 +436,4 @@ def _print_serve(result: dict) -> None:
                   f"{g(r['ttft_ms'], 'p50')}/{g(r['ttft_ms'], 'p99')}", g(r["ttfat_ms"], "p50"),
                   f"{g(r['itl_ms'], 'p50')}/{g(r['itl_ms'], 'p99')}", g(r["tpot_ms"], "p50"),
                   f"{g(r['e2e_ms'], 'p50')}/{g(r['e2e_ms'], 'p90')}/{g(r['e2e_ms'], 'p99')}")
-    console.print(t)
+    _stdout().print(t)

@@ -92,6 +92,10 @@ class LlamaCppRuntime(Runtime):
                 model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                 logits_all=logits_all, verbose=False, n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
+                # the sliding-window layers' small KV cache (window + batch), as llama-cli and
+                # llama-server keep it; llama.cpp's context default is full-size (what
+                # planning/kv.py plans for this runtime)
+                swa_full=False,
             )
 
     def _info_from_gguf(self) -> ModelInfo:

@@ -77,7 +77,8 @@ def _overridden(table: dict, keys) -> dict:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in HERE.glob("*.toml"))
+    """Target profiles: every TOML here but devices.toml (device profiles, planning/devices.py)."""
+    return sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "devices")
 
 
 PARITY_KEYS = {"max_tokens", "greedy_tokens", "thresholds", "device"}
