@@ -243,11 +243,14 @@ def test_vllm_tensor_parallel_and_fallbacks():
 
 
 def test_runtime_settings_change_the_plan():
-    """edgeport's runtime keeps a full SWA cache and no flash attention: at 128K that is ~6 GiB
-    of KV and ~17 GiB of compute buffer that llama-server does not need."""
+    """edgeport's runtime keeps the small SWA cache (swa_full=False, as llama-server) but no flash
+    attention: at 128K the same KV cache, and ~17 GiB of compute buffer llama-server does not need.
+    llama-cpp-python's own default (swa_full) would double the KV cache."""
     ours = memory.plan(str(G20), "h100-80gb", target="cpu", context=131072)
     server = memory.plan(str(G20), "h100-80gb", target="cpu", context=131072, llama_server=True)
-    assert ours.kv_bytes == 24 * 131072 * 2048 and server.kv_bytes == 12 * 131072 * 2048 + 12 * 768 * 2048
+    small_swa = 12 * 131072 * 2048 + 12 * 768 * 2048  # full layers + pad256(128 + 512) cells on sliding ones
+    assert ours.kv_bytes == server.kv_bytes == small_swa
+    assert kv.llamacpp_kv(model.load(G20), 131072, 1, kv.LlamaCppOptions(swa_full=True)).bytes == 24 * 131072 * 2048
     assert ours.buffers_bytes > 16 * 2**30 > 2**30 > server.buffers_bytes
 
 
