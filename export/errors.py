@@ -31,3 +31,7 @@ class RuntimeUnavailable(EdgeportError):
 
 class ParityFailure(EdgeportError):
     """The artifact does not behave like the reference within the target's thresholds."""
+
+
+class CalibrationError(EdgeportError):
+    """The calibration text for the importance matrix is missing, empty, not text or too short."""

@@ -10,9 +10,11 @@ import gguf
 from .architectures import Architecture, tensor_pattern
 from .errors import QuantizationError, TargetError
 from .gguf_convert import write_gguf
-from .gguf_quantize import SCHEMES, llama_cpp_versions, quantize, summarize, tensor_types
+from .gguf_quantize import IMATRIX_DEFAULT, IQUANTS, SCHEMES, llama_cpp_versions, quantize, summarize, tensor_types
+from .imatrix import FILE_NAME as IMATRIX_FILE
+from .imatrix import IMatrix, load_calibration
 from .jobs import Built, Job
-from .progress import step
+from .progress import console, step
 
 
 class GGUFExporter:
@@ -38,12 +40,36 @@ class GGUFExporter:
         write_gguf(job.src, job.arch, path, file_type=job.profile.unquantized, progress=job.progress)
         return path
 
+    def imatrix_wanted(self, job: Job) -> bool:
+        """Policy `imatrix` (False: --no-imatrix) and `calibration` (a user's file) against the
+        scheme: on by default from Q4_K_M down, required by the i-quants, refused where the
+        scheme takes none. Checked before any work, so a contradiction costs nothing."""
+        scheme, on, calibration = job.quantization, job.policy.get("imatrix"), job.policy.get("calibration")
+        if on is False:
+            if scheme in IQUANTS:
+                raise QuantizationError(f"{scheme} is an i-quant and needs an importance matrix, which --no-imatrix "
+                                        "turns off; drop --no-imatrix, or pick a K-quant (Q4_K_M, Q3_K_M, Q2_K)")
+            if calibration:
+                raise QuantizationError("--calibration feeds the importance matrix, which --no-imatrix turns off; "
+                                        "give one or the other")
+            return False
+        if scheme not in IMATRIX_DEFAULT:
+            if calibration:
+                raise QuantizationError(f"{scheme} is quantized without an importance matrix; --calibration applies "
+                                        f"to {', '.join(IMATRIX_DEFAULT)}")
+            return False
+        return True
+
     def export(self, job: Job, out: Path, work: Path) -> Built:
         scheme = job.quantization
         if scheme not in SCHEMES:
             raise QuantizationError(f"unknown GGUF quantization {scheme!r}; known: {', '.join(SCHEMES)}")
+        calibration = load_calibration(job.policy.get("calibration")) if self.imatrix_wanted(job) else None
         with step(f"converting {job.src.name} to GGUF {job.profile.unquantized}"):
             f16 = self.unquantized(job, work)
+        imatrix = None
+        if calibration is not None:
+            imatrix = compute_imatrix(job, f16, calibration, out / IMATRIX_FILE)
         keep, quant_input, pattern = {}, f16, self.expert_pattern(job.arch)
         variant = self.variant(job)
         if variant == "mxfp4-source" and job.policy.get("keep_mxfp4_experts", True):
@@ -55,9 +81,9 @@ class GGUFExporter:
                            experts_to_mxfp4=True, progress=job.progress)
             keep[pattern] = gguf.GGMLQuantizationType.MXFP4
         final = out / f"{job.src.name}-{scheme}.gguf"
-        with step(f"quantizing with llama.cpp to {scheme}"
+        with step(f"quantizing with llama.cpp to {scheme}" + (" with the importance matrix" if imatrix else "")
                   + (" (experts kept MXFP4)" if keep else "")):
-            quantize(quant_input, final, scheme, keep=keep or None)
+            quantize(quant_input, final, scheme, keep=keep or None, imatrix=imatrix)
         write_side_files(job, out, final.name)
         types = tensor_types(final)
         summary = summarize(types, scheme)
@@ -72,15 +98,59 @@ class GGUFExporter:
             n = sum(1 for t in types if re.match(pattern, t.name))
             msgs.append(f"{n} expert tensors kept in MXFP4 (bit-exact with the "
                         f"{'source' if variant == 'mxfp4-source' else 'MXFP4 quantizer'}), "
-                        f"not {summary['main_type']}")
+                        f"not {summary['main_type']}" + ("; the importance matrix does not apply to them"
+                                                         if imatrix else ""))
         return Built(
             runtime={"name": self.runtime, "model_file": final.name, "options": job.profile.runtime_options},
             quantization={"requested": scheme, "variant": variant,
                           "kept": {p: t.name for p, t in keep.items()}, "applied": summary,
+                          "imatrix": imatrix_record(imatrix, calibration, out, job),
                           "per_tensor": {t.name: t.type for t in types}},
             parity_inputs={"unquantized": f16, "quantized": final},
             variant=variant, tools=llama_cpp_versions(), messages=msgs,
         )
+
+
+def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
+    """The importance matrix of `model` (the unquantized GGUF) on the calibration text, written
+    to `dest` (it ships in the artifact), with progress."""
+    from .imatrix import compute
+
+    state: dict = {"task": None, "tenth": -1}
+
+    def on_chunk(done: int, total: int) -> None:
+        if state["task"] is None:
+            state["task"] = job.progress.task(f"importance matrix: {total} chunks", total=total)
+        state["task"].advance(1)
+        if not console.is_terminal and (tenth := done * 10 // total) > state["tenth"]:
+            state["tenth"] = tenth
+            console.print(f"  importance matrix: {done}/{total} chunks", highlight=False)
+
+    with step(f"importance matrix: {job.src.name} on {calibration.name} (chunks of 512 tokens)"):
+        imatrix = compute(model, calibration, on_chunk=on_chunk)
+        imatrix.write(dest)
+    console.print(f"importance matrix: {imatrix.chunk_count} chunks, {imatrix.tokens} tokens of {calibration.name}, "
+                  f"{len(imatrix.sums)} weights, {imatrix.seconds:.1f} s", highlight=False)
+    return imatrix
+
+
+def imatrix_record(imatrix: IMatrix | None, calibration, out: Path, job: Job) -> dict:
+    """The manifest's account of the importance matrix: the file, the dataset (name, sha256,
+    whether it is the shipped default), chunks and tokens; or why there is none."""
+    if imatrix is None:
+        why = ("--no-imatrix" if job.policy.get("imatrix") is False
+               else f"{job.quantization} is quantized without one (applied from Q4_K_M down)")
+        return {"used": False, "reason": why}
+    from .source import sha256_file
+
+    unreached = imatrix.unreached()
+    return {"used": True, "file": IMATRIX_FILE, "sha256": sha256_file(out / IMATRIX_FILE),
+            "dataset": calibration.record(), "chunks": imatrix.chunk_count, "chunk_size": imatrix.chunk_size,
+            "tokens": imatrix.tokens, "entries": len(imatrix.sums), "seconds": imatrix.seconds,
+            "experts_unreached": unreached,
+            "computed_by": "llama.cpp in-process (the binding's eval callback), as llama-imatrix collects it",
+            "note": "token_embd (a row lookup) and output (left out by llama-imatrix's default) are "
+                    "quantized without it, as in llama.cpp's own imatrix pipeline"}
 
 
 LICENSE_NAMES = ("LICENSE", "LICENSE.md", "LICENSE.txt")

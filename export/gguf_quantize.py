@@ -17,6 +17,7 @@ from pathlib import Path
 import gguf
 
 from .errors import QuantizationError
+from .imatrix import IMatrix
 from .llama_log import LlamaLog, require_llama_cpp
 
 Q = gguf.GGMLQuantizationType
@@ -28,11 +29,22 @@ SCHEMES = {
     "Q6_K": ("LLAMA_FTYPE_MOSTLY_Q6_K", Q.Q6_K),
     "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", Q.Q8_0),
     "MXFP4_MOE": ("LLAMA_FTYPE_MOSTLY_MXFP4_MOE", Q.MXFP4),
+    "Q3_K_M": ("LLAMA_FTYPE_MOSTLY_Q3_K_M", Q.Q3_K),
+    "Q2_K": ("LLAMA_FTYPE_MOSTLY_Q2_K", Q.Q2_K),
+    "IQ4_XS": ("LLAMA_FTYPE_MOSTLY_IQ4_XS", Q.IQ4_XS),
+    "IQ3_M": ("LLAMA_FTYPE_MOSTLY_IQ3_M", Q.IQ3_S),
+    "IQ2_M": ("LLAMA_FTYPE_MOSTLY_IQ2_M", Q.IQ2_S),
 }
+# an importance matrix by default from Q4_K_M down (where it measurably lowers the error, README);
+# i-quants are refused without one (llama.cpp itself requires it for IQ2_*, and their codebooks
+# are fitted with it in mind)
+IMATRIX_DEFAULT = ("Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ3_M", "IQ2_M")
+IQUANTS = ("IQ4_XS", "IQ3_M", "IQ2_M")
 # llama.cpp's fallbacks for rows that a 256-block type cannot take (llama-quant.cpp)
-K_FALLBACKS = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0}
+K_FALLBACKS = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0,
+               Q.IQ4_XS: Q.IQ4_NL, Q.IQ3_S: Q.IQ4_NL, Q.IQ2_S: Q.IQ4_NL}
 
-_K_FOR_FALLBACK = {fb.name: k.name for k, fb in K_FALLBACKS.items() if k != Q.Q2_K}
+_K_FOR_FALLBACK = {fb.name: k.name for k, fb in K_FALLBACKS.items() if k in (Q.Q4_K, Q.Q5_K, Q.Q6_K)}
 
 
 def llama_cpp_versions() -> dict[str, str | None]:
@@ -50,10 +62,13 @@ def llama_cpp_versions() -> dict[str, str | None]:
 
 
 def quantize(src: Path, dst: Path, scheme: str = "Q4_K_M", *, keep: dict[str, Q] | None = None,
-             nthread: int = 0) -> str:
+             nthread: int = 0, imatrix: IMatrix | None = None, imatrix_file: str = "imatrix.gguf") -> str:
     """Quantize `src` GGUF to `dst` with llama.cpp. `keep` maps tensor-name regexes to a type
     they must get (llama.cpp's per-tensor overrides), e.g. MXFP4 experts kept bit-exact.
-    Returns llama.cpp's log. On failure `dst` is removed and QuantizationError raised."""
+    `imatrix` goes to the quantizer normalized (sum ÷ count) with the `quantize.imatrix.*` keys
+    llama-quantize writes (`imatrix_file` names the file there), so the result equals
+    `llama-quantize --imatrix FILE`. Returns llama.cpp's log. On failure `dst` is removed and
+    QuantizationError raised."""
     if scheme not in SCHEMES:
         raise QuantizationError(f"unknown GGUF quantization {scheme!r}; known: {', '.join(SCHEMES)}")
     lc = require_llama_cpp()
@@ -67,12 +82,42 @@ def quantize(src: Path, dst: Path, scheme: str = "Q4_K_M", *, keep: dict[str, Q]
             arr[i].pattern, arr[i].type = p, int(t)
         arr[len(keep)].pattern = None
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_tensor_override))
+    if imatrix is not None:
+        alive = _imatrix_params(lc, params, imatrix, imatrix_file)  # noqa: F841 (owns the C arrays)
     with LlamaLog() as log:
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         dst.unlink(missing_ok=True)  # llama.cpp leaves a partial file behind
         raise QuantizationError(f"llama.cpp could not quantize to {scheme}: {log.reason()}")
     return log.text
+
+
+def _imatrix_params(lc, params, imatrix: IMatrix, file_name: str) -> list:
+    """Fill `params.imatrix` (name/data/size entries, a null name last) and `params.kv_overrides`
+    with llama-quantize's own keys; returns the objects that must outlive the call."""
+    data = imatrix.normalized()
+    arr = (lc.llama_model_imatrix_data * (len(data) + 1))()
+    names = [n.encode() for n in data]
+    for i, (n, v) in enumerate(zip(names, data.values(), strict=True)):
+        arr[i].name, arr[i].data, arr[i].size = n, v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), v.size
+    arr[len(data)].name = None
+    params.imatrix = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_imatrix_data))
+    kvs = [("quantize.imatrix.file", file_name)]
+    if imatrix.datasets:
+        kvs.append(("quantize.imatrix.dataset", imatrix.datasets[0]))
+    kvs.append(("quantize.imatrix.entries_count", len(data)))
+    if imatrix.chunk_count > 0:
+        kvs.append(("quantize.imatrix.chunks_count", imatrix.chunk_count))
+    kv = (lc.llama_model_kv_override * (len(kvs) + 1))()
+    for i, (k, v) in enumerate(kvs):
+        kv[i].key = k.encode()
+        if isinstance(v, str):
+            kv[i].tag, kv[i].value.val_str = lc.LLAMA_KV_OVERRIDE_TYPE_STR, v.encode()[:127]
+        else:
+            kv[i].tag, kv[i].value.val_i64 = lc.LLAMA_KV_OVERRIDE_TYPE_INT, v
+    kv[len(kvs)].key = b""
+    params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(lc.llama_model_kv_override))
+    return [data, arr, names, kv]
 
 
 @dataclass(frozen=True)
@@ -96,7 +141,9 @@ def summarize(types: list[TensorType], scheme: str) -> dict:
         if target is None or t.type in ("F32",) or t.type == target.name:
             continue
         wanted = _K_FOR_FALLBACK.get(t.type)
-        if target.name.endswith("_K") and t.shape[0] % 256 and wanted:
+        if target.name.startswith("IQ") and t.type == Q.IQ4_NL.name:
+            wanted = target.name  # i-quants all fall back to IQ4_NL
+        if (target.name.endswith("_K") or target.name.startswith("IQ")) and t.shape[0] % 256 and wanted:
             fallbacks.append({"tensor": t.name, "type": t.type, "row": t.shape[0],
                               "reason": f"row length {t.shape[0]} is not a multiple of 256: "
                                         f"{wanted} fell back to {t.type}"})

@@ -36,6 +36,8 @@ def _job(model: str, target: str, *, revision=None, quantization=None, allow_pic
     policy = {**profile.policy(arch.name), **(policy or {})}
     if profile.format not in _exporters():
         raise TargetError(f"target {target}: no exporter for format {profile.format!r}")
+    if profile.format != "gguf" and {k for k in ("imatrix", "calibration") if policy.get(k) is not None}:
+        raise TargetError(f"--calibration / --no-imatrix are for GGUF targets (cpu, apple), not {target}")
     return Job(src, arch, profile, policy, quantization or profile.quantization, progress or Progress())
 
 
@@ -150,7 +152,7 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
             for role, path in inputs.items():
                 rts[role] = load_runtime(name, path, rts["reference"].info, options)
         with step("parity: scoring the eval set"):
-            report = gate.run(rts, job.profile.thresholds(job.arch.name, variant),
+            report = gate.run(rts, job.profile.thresholds(job.arch.name, variant, job.quantization),
                               max_tokens=cfg.get("max_tokens", 512),
                               greedy_tokens=cfg.get("greedy_tokens", 16),
                               sliding_window=job.src.config.get("sliding_window"),

@@ -54,10 +54,11 @@ class TargetProfile:
             )
         return self.architectures[arch]
 
-    def thresholds(self, arch: str, variant: str | None = None) -> dict[str, dict]:
+    def thresholds(self, arch: str, variant: str | None = None, quantization: str | None = None) -> dict[str, dict]:
         """Stage thresholds: the profile's defaults, overridden per architecture and variant
-        (e.g. genai-int4, gpt-oss/mxfp4-source); `reason` strings travel with them into the report."""
-        keys = (arch, variant, f"{arch}/{variant}" if variant else None)
+        (e.g. genai-int4, gpt-oss/mxfp4-source), then per quantization scheme (e.g. Q2_K: a
+        2-bit type's own error); `reason` strings travel with them into the report."""
+        keys = (arch, variant, f"{arch}/{variant}" if variant else None, quantization)
         return {stage: _overridden(values, keys) for stage, values in self.parity.get("thresholds", {}).items()}
 
     def device_thresholds(self, runtime: str, variant: str | None = None) -> dict | None:

@@ -43,10 +43,13 @@ def test_default_cpu_export_of_mxfp4_source(mxfp4_artifact, mxfp4_dir):
         assert entry["sha256"] == sha256_file(src.root / name)
     for f in m["files"]:
         assert sha256_file(path / f["path"]) == f["sha256"]
-    # the GGUF, its parity report, and what runs it besides llama.cpp (Docker Model Runner's chat
-    # template layer, Ollama's Modelfile / template / params: tests/test_ollama.py)
+    # the GGUF, its parity report, its importance matrix (Q4_K_M's default: tests/test_imatrix.py), and
+    # what runs it besides llama.cpp (Docker Model Runner's chat template layer, Ollama's Modelfile /
+    # template / params: tests/test_ollama.py)
     assert {f["path"] for f in m["files"]} == {"parity.json", m["runtime"]["model_file"], "chat_template.jinja",
-                                               "Modelfile", "template", "params"}
+                                               "Modelfile", "template", "params", "imatrix.gguf"}
+    im = m["quantization"]["imatrix"]
+    assert im["used"] and im["dataset"]["default"] and im["chunks"] == 113 and im["tokens"] == 113 * 512
     assert m["parity"]["passed"] and set(m["parity"]["stages"]) == {"fidelity", "quantization", "end_to_end"}
     assert m["tools"]["gguf"] and m["tools"]["llama-cpp-python"]
     assert json.loads((path / "parity.json").read_text()) == m["parity"]
