@@ -79,7 +79,12 @@ def models(c, force=False):
     "model": f"HF checkpoint directory or hub id (default: {DEFAULT_MODEL}, the bundled trained tiny gpt-oss)",
     "out": "artifact directory (default: artifacts/<model>/<target>/)",
     "revision": "hub revision (branch, tag or commit) when --model is a hub id",
-    "quantization": "override the target's scheme, e.g. Q4_K_M, Q8_0, MXFP4_MOE (gguf); int8, int4, fp32 (onnx)",
+    "quantization": "override the target's scheme: gguf Q8_0, Q6_K, Q5_K_M, Q4_K_M (default), Q3_K_M, Q2_K, IQ4_XS, "
+                    "IQ3_M, IQ2_M, MXFP4_MOE; onnx int8, int4, fp32",
+    "calibration": "gguf: text for the importance matrix (UTF-8 text, or .jsonl lines with a \"text\" field; default: "
+                   "the shipped export/data/calibration.jsonl); recorded in the manifest",
+    "no_imatrix": "gguf: quantize without an importance matrix (used by default from Q4_K_M down; the i-quants "
+                  "IQ4_XS, IQ3_M, IQ2_M refuse to run without one)",
     "precision": "same as --quantization (the word ONNX and Jetson users say); jetson: int8 (W8A8 SmoothQuant), "
                  "int8-w8a16 (its int8 weights, fp16 activations), int4 (AWQ), fp16",
     "fallback": "where the target cannot build the model (gpt-oss on jetson), build the artifact that runs "
@@ -97,7 +102,8 @@ def models(c, force=False):
 @_cli
 def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quantization=None,
            no_parity=False, force=False, keep_failed=False, allow_pickle=False, trust_remote_code=False,
-           bf16_experts=None, precision=None, ep=None, fallback=False, jetpack=None, device=None):
+           bf16_experts=None, precision=None, ep=None, fallback=False, jetpack=None, device=None,
+           calibration=None, no_imatrix=False):
     """Export a Hugging Face checkpoint for a target, then prove it with the parity gate.
 
     Builds in a temporary directory next to --out and moves it into place only when
@@ -112,7 +118,9 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
     if precision and quantization and precision != quantization:
         raise Exit("edgeport: error: --precision and --quantization disagree; give one", code=2)
     policy = {k: v for k, v in (("bf16_experts", bf16_experts), ("ep", ep), ("jetpack", jetpack),
-                                ("device", device)) if v}
+                                ("device", device), ("calibration", calibration)) if v}
+    if no_imatrix:
+        policy["imatrix"] = False
     path, m = run_export(model, target, Path(out) if out else None, parity=not no_parity, force=force,
                          keep_failed=keep_failed, revision=revision, quantization=precision or quantization,
                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, policy=policy or None,
@@ -191,13 +199,60 @@ def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=6
     """Stream a completion from an artifact through its runtime."""
     _quiet_libs()
     import runtimes
+    from export.errors import EdgeportError
+    from runtimes.chat import normalize_effort
 
+    try:
+        normalize_effort(reasoning_effort)
+    except ValueError as e:  # a user mistake: one line, exit 2
+        raise EdgeportError(str(e)) from None
     with runtimes.load(artifact) as rt:
         p = [{"role": "user", "content": prompt}] if chat else prompt
         for piece in rt.stream(p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, stop=[stop] if stop else [], reasoning_effort=reasoning_effort):
             print(piece, end="", flush=True)
         print()
+
+
+@task(help={
+    "artifact": "an artifact directory made by `invoke export` (or `invoke pull`)",
+    "host": "address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)",
+    "port": "port (default 8000)",
+    "parallel": "requests generated at once: llama-server slots for GGUF (default 4); in-process runtimes "
+                "(ONNX, TensorRT-LLM) serve 1",
+    "queue": "requests that may wait beyond --parallel (default 16); more get 503 with Retry-After",
+    "ctx": "context per request in tokens (default 4096, at most the model's)",
+    "api_key_env": "name of an environment variable holding the key clients must send as a Bearer token",
+    "threads": "CPU threads for llama-server",
+})
+@_cli
+def serve(c, artifact, host="127.0.0.1", port=8000, parallel=None, queue=16, ctx=None, api_key_env=None,
+          threads=None):
+    """Serve an artifact over an OpenAI-compatible API: /v1/chat/completions (gpt-oss reasoning
+    effort low|medium|high or fast|balanced|deep; reasoning in `reasoning_content`), /v1/completions,
+    /v1/models, /health. Same as `python -m serving` (for devices without Invoke)."""
+    _quiet_libs()
+    from serving.server import serve as do_serve
+
+    do_serve(Path(artifact), host=host, port=int(port), parallel=int(parallel) if parallel else None,
+             queue=int(queue), ctx=int(ctx) if ctx else None, api_key_env=api_key_env,
+             threads=int(threads) if threads else None)
+
+
+@task(help={
+    "artifact": "artifact directory, HF checkpoint directory or .gguf file",
+    "reasoning_effort": "gpt-oss: low|medium|high (or fast|balanced|deep); /effort changes it in the chat",
+    "max_new_tokens": "tokens per answer", "temperature": "0 = greedy", "seed": "sampling seed",
+})
+@_cli
+def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0):
+    """Chat with an artifact in the terminal: multi-turn, streaming, gpt-oss reasoning shown
+    apart from the answer. Commands: /effort low|medium|high, /reset, /exit (or Ctrl-D)."""
+    _quiet_libs()
+    from serving.chat import chat as do_chat
+
+    do_chat(artifact, reasoning_effort=reasoning_effort, max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature), seed=int(seed))
 
 
 URI_HELP = ("hf://org/name[@revision] (Hugging Face Hub; HF_TOKEN), oci://host[:port]/repo[:tag] (any OCI "

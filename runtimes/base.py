@@ -31,6 +31,12 @@ class ModelInfo:
 Prompt = str | Sequence[dict]
 
 
+@dataclass
+class GenerationResult:
+    completion_tokens: int = 0
+    finish_reason: str = "length"  # "stop": a stop token or string; "length": max_new_tokens
+
+
 class Runtime(ABC):
     """load (the constructor), generate / stream, logits, tokenize / detokenize, close."""
 
@@ -88,24 +94,41 @@ class Runtime(ABC):
         text = self.format_prompt(prompt, reasoning_effort)
         # chat templates carry their own BOS; plain prompts get the model's default
         ids = self.encode(text, add_bos=None if isinstance(prompt, str) else False)
+        return self.stream_ids(ids, max_new_tokens, temperature, top_p, seed, stop)
+
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+                   result: GenerationResult | None = None,
+                   logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+        """Text pieces generated after prompt `ids` (special tokens rendered, stop tokens not);
+        `result`, when given, receives the token count and why generation ended."""
+        result = result if result is not None else GenerationResult()
         rng = np.random.default_rng(seed)
         matcher = StopMatcher(stop)
         out_ids: list[int] = []
         emitted = ""
         dec = self._decode(ids)
         logits = next(dec)
+        result.finish_reason = "length"
         try:
             for _ in range(max_new_tokens):
+                if logit_bias:  # OpenAI's logit_bias: added to the logits; -100 bans a token
+                    logits = logits.copy()
+                    for t, b in logit_bias.items():
+                        logits[t] = -np.inf if b <= -100 else logits[t] + b
                 tok = sample(logits, temperature, top_p, rng)
                 if tok in self.info.stop_token_ids:
+                    result.finish_reason = "stop"
                     break
                 out_ids.append(tok)
+                result.completion_tokens = len(out_ids)
                 full = self.detokenize(out_ids)
                 if not full.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                     piece, emitted = full[len(emitted):], full
                     if piece := matcher.feed(piece):
                         yield piece
                     if matcher.stopped:
+                        result.finish_reason = "stop"
                         return
                 logits = dec.send(tok)
             if rest := matcher.flush():

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible front (FastAPI) over the best engine for an artifact."""

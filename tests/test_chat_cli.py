@@ -1,0 +1,48 @@
+"""`invoke chat` through a pseudo-terminal: multi-turn, streaming, /effort, /reset, /exit, and a
+bad option as one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+
+from tests.conftest import ROOT
+
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+def test_chat_in_a_terminal(exported):
+    path, _ = exported("cpu-gpt-oss")
+    child = pexpect.spawn(INVOKE, ["chat", "--artifact", str(path), "--max-new-tokens", "12"], cwd=str(ROOT),
+                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        child.expect("chatting with")
+        child.expect("> ")
+        child.sendline("def main():")
+        child.expect("assistant:")  # the answer streams after the label
+        child.expect("\n> ")
+        child.sendline("/effort deep")
+        child.expect(r"\(reasoning effort: high\)")
+        child.sendline("/effort bogus")
+        child.expect("error: unknown reasoning effort 'bogus'")
+        child.sendline("and then?")  # a second turn
+        child.expect("assistant:")
+        child.expect("\n> ")
+        child.sendline("/reset")
+        child.expect(r"\(conversation cleared\)")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_bad_effort_is_one_line(exported):
+    path, _ = exported("cpu-llama")
+    r = subprocess.run([INVOKE, "chat", "--artifact", str(path), "--reasoning-effort", "bogus"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "bogus" in r.stderr
+    assert "Traceback" not in r.stderr
