@@ -144,6 +144,22 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python3 device_eval.py ./engine eval_inputs.json "${1:-device_output.json}"
 """)
+    _script(out / "serve.sh", """#!/usr/bin/env bash
+# Serve the engine to applications: edgeport's OpenAI-compatible front (python -m serving) over
+# TensorRT-LLM in-process, one generation at a time, up to QUEUE more waiting (beyond that:
+# 503 with Retry-After). Needs ./build_engine.sh run first and edgeport installed on this
+# Jetson (pip install <edgeport checkout>). v0.12's Python runner keeps no KV cache between
+# calls, so each streamed token re-runs the prefix: fine for short answers, slow for long ones.
+#   HOST=0.0.0.0 PORT=8000 QUEUE=16 API_KEY_ENV=MY_KEY_VAR ./serve.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -d engine ] || { echo "no engine here: run ./build_engine.sh first" >&2; exit 2; }
+python3 -c "import serving" 2>/dev/null || {
+  echo "edgeport's serving front is not installed: pip install <edgeport checkout> on this Jetson" >&2; exit 2; }
+ARGS=(--artifact . --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" --queue "${QUEUE:-16}")
+[ -n "${API_KEY_ENV:-}" ] && ARGS+=(--api-key-env "$API_KEY_ENV")
+exec python3 -m serving "${ARGS[@]}" "$@"
+""")
     (out / "device_eval.py").write_text(DEVICE_EVAL)
     (out / "eval_inputs.json").write_text(json.dumps(eval_inputs) + "\n")
-    return ["build_engine.sh", "run.sh", "device_eval.py", "eval_inputs.json"]
+    return ["build_engine.sh", "run.sh", "serve.sh", "device_eval.py", "eval_inputs.json"]

@@ -234,3 +234,27 @@ def test_int4_awq_unpacking_reconstructs_the_source(llama_dir, tmp_path):
     err_swapped = np.linalg.norm(swapped * np.repeat(s, group, axis=1) * pqs[None, :] - w) / np.linalg.norm(w)
     assert err < 0.15 and err_swapped > 1.0  # 4-bit groups of 128: ~11 % relative error is int4 itself
     shutil.rmtree(ckpt)
+
+
+def test_trtllm_kit_serve_script(trt_kit, tmp_path):
+    """serve.sh: shellcheck-clean; without an engine, one line and exit 2; with one, it execs
+    edgeport's front (`python3 -m serving`) on this kit with HOST/PORT/QUEUE/API_KEY_ENV."""
+    path, _ = trt_kit
+    script = path / "serve.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["shellcheck", str(script)], check=True)
+    kit = tmp_path / "kit"
+    shutil.copytree(path, kit)
+    r = subprocess.run(["bash", str(kit / "serve.sh")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "build_engine.sh" in r.stderr
+    # with an engine: the python3 it runs is a recorder of its arguments
+    (kit / "engine").mkdir()
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python3").write_text("#!/bin/sh\n[ \"$1\" = -c ] && exit 0\necho \"$PWD $*\"\n")
+    (bin_ / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PORT": "9001", "API_KEY_ENV": "MY_KEY"}
+    r = subprocess.run(["bash", str(kit / "serve.sh"), "--ctx", "512"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(kit), "-m", "serving", "--artifact", ".", "--host", "127.0.0.1", "--port",
+                                "9001", "--queue", "16", "--api-key-env", "MY_KEY", "--ctx", "512"]
