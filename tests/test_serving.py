@@ -154,11 +154,12 @@ def test_bad_requests_are_openai_errors_and_the_server_stays_healthy(served):
 def test_langchain_chat_openai(served):
     from langchain_openai import ChatOpenAI
 
-    url, _ = served
-    llm = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model=_model(_client(url)), max_tokens=16,
-                     temperature=0, max_retries=0)
+    url, manifest = served
+    llm = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model=_model(_client(url)), max_tokens=200,
+                     temperature=0, max_retries=0, reasoning_effort="low" if _harmony(manifest) else None)
     msg = llm.invoke("Write a Python import.")
-    assert isinstance(msg.content, str) and msg.response_metadata["finish_reason"] in ("stop", "length")
+    assert isinstance(msg.content, str) and msg.content.strip()
+    assert msg.response_metadata["finish_reason"] in ("stop", "length")
     assert not any(k in msg.content for k in MARKERS)
 
 
@@ -243,8 +244,18 @@ def test_queue_overflow_is_503_that_the_openai_client_does_not_retry(exported):
                                                                                     max_tokens=4)
             assert httpx.get(f"{url}/health").json()["refused"] == counted + 1
             next(lines)  # the held stream still runs
+        _wait_idle(url)  # its client went away: the slot comes back and takes the next request
         r4 = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 4}, timeout=120)
         assert r4.status_code == 200
+
+
+def _wait_idle(url: str, within: float = 5.0) -> float:
+    """Seconds until the server reports nothing in flight; fails after `within`."""
+    t0 = time.monotonic()
+    while httpx.get(f"{url}/health").json()["in_flight"]:
+        assert time.monotonic() - t0 < within, "a disconnected client's request still holds its slot"
+        time.sleep(0.02)
+    return time.monotonic() - t0
 
 
 @pytest.mark.parametrize("case", [pytest.param("onnx-gpt-oss-mxfp4-int8", marks=pytest.mark.toolenv),
@@ -258,6 +269,7 @@ def test_disconnect_frees_the_engine(exported, case):
         with httpx.Client(timeout=120) as a, a.stream("POST", f"{url}/v1/completions", json=body) as r1:
             next(r1.iter_lines())
         # the client went away mid-stream: the engine is free at its next token
+        _wait_idle(url)
         t0 = time.monotonic()
         r4 = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 4}, timeout=120)
         assert r4.status_code == 200 and time.monotonic() - t0 < 5.0
