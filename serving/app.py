@@ -77,6 +77,26 @@ class Gate:
         self.active -= 1
 
 
+class APIKeyMiddleware:
+    """Bearer key on /v1/ (probes at /health need none). Plain ASGI, not @app.middleware:
+    Starlette's BaseHTTPMiddleware pipes every streamed chunk through a memory stream."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.key):
+                what = "no API key given" if not token else "incorrect API key"
+                e = APIError(401, f"{what}: send it as 'Authorization: Bearer <key>'",
+                             type="invalid_request_error", code="invalid_api_key")
+                await JSONResponse(e.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app = FastAPI(title="edgeport serve", docs_url=None, redoc_url=None, openapi_url=None)
     gate = Gate(settings.parallel + settings.queue)
@@ -102,17 +122,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         return JSONResponse(APIError(405, f"method {req.method} not allowed on {req.url.path}",
                                      code="method_not_allowed").body(), status_code=405)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                what = "no API key given" if not token else "incorrect API key"
-                e = APIError(401, f"{what}: send it as 'Authorization: Bearer <key>'",
-                             type="invalid_request_error", code="invalid_api_key")
-                return JSONResponse(e.body(), status_code=401)
-        return await call_next(request)
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, key=settings.api_key)
 
     @app.get("/health")
     async def health():
