@@ -25,17 +25,15 @@ files (build_tiny.HELDOUT, which parity/evalset.json is cut from: never trained 
     python models/build_harmony.py [--steps 200] [--lr 2e-3] [--check-only]
 
 STATUS: NOT WORKING YET; the committed weights are still the code-only ones. The model learns
-the harmony shape exactly (analysis message, final message, `<|return|>`), but not the effort:
-after 400 steps (20 min on 2 cores, 20x loss weight on the effort word, 10x on each stop
-decision) its probabilities for the effort word's first token are about 0.28 / 0.33 / 0.38
-(low / medium / high) whatever the system message says, so it writes all 8 sentences at every
-effort. Copying a word from ~150 tokens back needs a two-layer lookup that this 4-layer model did
-not form in that budget. Next to try: many more steps, or a curriculum that starts with short
-prompts where `Reasoning: <effort>` is inside the 64-token sliding window.
-
-Reads and rewrites models/tiny-gpt-oss/model.safetensors (run it once on the code-only model
-that `python models/build_tiny.py --only gpt-oss` writes); prints the eval set's perplexity
-before and after, and the mean analysis length per effort on the eval prompts.
+the harmony shape exactly (analysis message, final message, `<|return|>`), but not the effort.
+Two runs were made on 2 cores, with a 20x loss weight on the effort word and 10x on each stop
+decision: 400 steps (20 min, `--steps 400`), then 400 more from that result (`--init DIR
+--seed 1`). After either one, its probabilities for the effort word's first token are about
+0.28 / 0.33 / 0.38 (low / medium / high), identical to three decimals whatever the system
+message says. So it writes all 8 sentences (62 words) at every effort. The eval-set perplexity
+went 50.5 -> 45.9 -> 41.2. Copying a word from ~150 tokens back needs a two-layer lookup that
+this 4-layer model did not form in 800 steps. Next to try: a curriculum that starts with short
+prompts, where `Reasoning: <effort>` is inside the 64-token sliding window, or many more steps.
 """
 
 from __future__ import annotations
@@ -288,9 +286,9 @@ def check(model, tok: Tokenizer) -> dict[str, float]:
     return means
 
 
-def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    conv = Conversations(seed=0)
+def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    conv = Conversations(seed=seed)
     data = code_stream(tok)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
@@ -319,19 +317,21 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--code-batch", type=int, default=8)
     ap.add_argument("--chat-batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
+    ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
     ap.add_argument("--out", type=Path, default=MODEL, help="where to write the model (default: in place)")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
-    model = GptOssForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    model = GptOssForCausalLM.from_pretrained(a.init or MODEL, dtype=torch.float32).eval()
     print(f"eval-set perplexity before: {evalset_ppl(model, tok):.3f}", flush=True)
     if a.check_only:
         check(model, tok)
         return
     t0 = time.time()
-    train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch)
+    train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.seed)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     model.to(torch.bfloat16)
     model.to(torch.float32)  # evaluate what is saved
