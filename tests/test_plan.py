@@ -189,7 +189,8 @@ def test_synthetic_full_size_gpt_oss_20b_gguf_within_3_percent(tmp_path_factory)
 
     work = tmp_path_factory.mktemp("synth20b")
     src = build_in_subprocess(work / "gpt-oss-20b-synthetic", 24, "mxfp4")
-    out, m = export(str(src), "cpu", work / "cpu", parity=False)
+    # no imatrix: it does not change sizes, and on 24 full-size layers it takes hours on 2 cores
+    out, m = export(str(src), "cpu", work / "cpu", parity=False, policy={"imatrix": False})
     spec = model.load(src)
     w = weights.estimate(spec, "cpu")
     real = (out / m["runtime"]["model_file"]).stat().st_size
