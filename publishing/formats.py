@@ -58,6 +58,7 @@ MODELPACK_KINDS: list[tuple[str, str]] = [
 # (our manifest, parity report, Ollama files) is DMR's generic model file, which its v0.1
 # unpack leaves alone (it selects layers by media type)
 DMR_KINDS: list[tuple[str, str]] = [
+    (r"(^|/)imatrix\.gguf$", DMR_FILE),  # the importance matrix: data, not a model shard DMR would load
     (r"\.gguf$", DMR_GGUF),
     (r"(^|/)LICENSE[^/]*$", DMR_LICENSE),
     (r"(^|/)chat_template\.jinja$", DMR_CHAT_TEMPLATE),

@@ -56,6 +56,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DMR_CONFIG_V01 = "application/vnd.docker.ai.model.config.v0.1+json"
 DMR_GGUF = "application/vnd.docker.ai.gguf.v3"
 DMR_CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
+DMR_FILE = "application/vnd.docker.ai.model.file"
 A_FILEPATH = "org.cncf.model.filepath"
 A_METADATA = "org.cncf.model.file.metadata+json"
 A_UNTESTED = "org.cncf.model.file.mediatype.untested"
@@ -428,8 +429,10 @@ def test_gguf_manifest_and_config_are_docker_model_runner_v01(api, pushed, expor
     assert_rfc3339(cfg["descriptor"]["created"])
 
     # layers: GGUF first (and the only GGUF), exactly one chat template
-    gguf_files = [p for p in listed_sha(artifact) if p.endswith(".gguf")]
+    gguf_files = [p for p in listed_sha(artifact) if p.endswith(".gguf") and p != "imatrix.gguf"]
     assert len(gguf_files) == 1
+    # the importance matrix ships as a plain file: DMR loads every GGUF layer as a model shard
+    assert [ly["mediaType"] for ly in layers if ly["annotations"][A_FILEPATH] == "imatrix.gguf"] == [DMR_FILE]
     assert layers[0]["mediaType"] == DMR_GGUF and layers[0]["annotations"][A_FILEPATH] == gguf_files[0]
     assert [ly["mediaType"] for ly in layers].count(DMR_GGUF) == 1
     assert (artifact / "chat_template.jinja").is_file(), "GGUF artifacts ship chat_template.jinja"
