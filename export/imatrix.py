@@ -353,11 +353,12 @@ def compute(model_path: Path, calibration: Calibration, *, chunk_size: int = CHU
             if on_chunk:
                 on_chunk(i + 1, n_chunk)
     finally:
-        if batch is not None:
-            lc.llama_batch_free(batch)
-        if ctx:
-            lc.llama_free(ctx)
-        lc.llama_model_free(model)
+        with LlamaLog():  # freeing logs too (the compute buffer check): not the user's business
+            if batch is not None:
+                lc.llama_batch_free(batch)
+            if ctx:
+                lc.llama_free(ctx)
+            lc.llama_model_free(model)
     if not collector.sums:
         raise QuantizationError(f"no weight of {model_path.name} was seen by the importance matrix")
     return IMatrix(sums=collector.sums, counts=collector.counts, datasets=[calibration.name], chunk_count=n_chunk,

@@ -79,7 +79,7 @@ class Export:
             [sys.executable, "-m", "invoke", "export", *args], cwd=ROOT, text=True, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self.lines: list[str] = []
+        self.args, self.lines = args, []
         self.sent_at = 0
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -109,9 +109,12 @@ class Export:
         return rc
 
     def kill(self) -> None:
-        if self.proc.poll() is None:  # a failed test must not leave it running
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:  # a failed test must not leave it running, nor its staging
+            os.killpg(self.proc.pid, signal.SIGKILL)  # dir in the way of the next test
             self.proc.wait()
+            out = Path(self.args[self.args.index("--out") + 1])
+            for p in out.parent.glob(f".{out.name}.partial-*"):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 @pytest.fixture
@@ -187,25 +190,44 @@ def _check_outcome(e: Export, how: str, previous) -> None:
 
 
 GGUF_PHASES = {
-    # the step line, then proof the phase is under way: the file it writes, in the staging dir
+    # the step line, then proof the phase is under way: the file it writes in the staging dir, or
+    # (the importance matrix, written only at its end) its first progress line
     "convert": (r"^converting random-llama to GGUF F16$", ".work/random-llama-F16.gguf"),
-    "quantize": (r"^quantizing with llama\.cpp to Q4_K_M$", "random-llama-Q4_K_M.gguf"),
+    "imatrix": (r"^importance matrix: random-llama on calibration\.jsonl", r"^  importance matrix: 1/\d+ chunks$"),
+    "quantize": (r"^quantizing with llama\.cpp to Q4_K_M with the importance matrix$", "random-llama-Q4_K_M.gguf"),
 }
+
+
+@pytest.fixture(scope="module")
+def short_calibration(tmp_path_factory) -> Path:
+    """Three chunks' worth of the shipped calibration text: the quantize phase is reached in
+    seconds instead of the minutes the full set takes on this model."""
+    from export.imatrix import DEFAULT_CALIBRATION
+
+    texts = [json.loads(line)["text"] for line in DEFAULT_CALIBRATION.read_text().splitlines() if line.strip()]
+    p = tmp_path_factory.mktemp("calib") / "short.txt"
+    p.write_text("\n\n".join(texts)[:12000])
+    return p
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", list(GGUF_PHASES))
-def test_gguf_export_interrupted(phase, how, big_llama, previous, run):
+def test_gguf_export_interrupted(phase, how, big_llama, short_calibration, previous, run):
     out = previous[0]
-    e = run("--target", "cpu", "--model", str(big_llama), "--out", str(out), "--force", "--no-parity")
-    step, written = GGUF_PHASES[phase]
+    calibration = ["--calibration", str(short_calibration)] if phase == "quantize" else []
+    e = run("--target", "cpu", "--model", str(big_llama), "--out", str(out), "--force", "--no-parity", *calibration)
+    step, under_way = GGUF_PHASES[phase]
     e.wait_for(step)
-    _until(lambda: (p := _partial(out)) and (p / written).is_file() and (p / written).stat().st_size > 2**20,
-           60, f"{written} being written")
+    if under_way.startswith("^"):
+        e.wait_for(under_way)
+    else:
+        _until(lambda: (p := _partial(out)) and (p / under_way).is_file() and (p / under_way).stat().st_size > 2**20,
+               60, f"{under_way} being written")
     e.send(how)
     _check_outcome(e, how, previous)
-    if phase == "convert":  # stopped during conversion, not after it
-        assert not any(line.startswith("quantizing") for line in e.lines)
+    later = {"convert": r"^(importance matrix|quantizing)", "imatrix": r"^(importance matrix: \d+ chunks|quantizing)"}
+    if phase in later:  # stopped during the phase, not after it
+        assert not any(re.search(later[phase], line) for line in e.lines), "\n".join(e.lines)
 
 
 FAKE_TOOL = """#!/bin/bash
