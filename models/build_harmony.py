@@ -2,7 +2,7 @@
 
 models/build_tiny.py trains the tiny gpt-oss on Python standard library code only, so after
 `<|start|>assistant` it never writes harmony channels. This continues its training, seeded, for
-a fixed number of steps (200, ~5 min on 2 CPU cores), on that same code (half of every step, so its
+a fixed number of steps, on that same code (half of every step, so its
 code modelling and thus its parity figures stay close) mixed with synthetic harmony
 conversations rendered exactly as runtimes/chat.py::render_harmony_own renders a prompt:
 
@@ -22,18 +22,28 @@ request for a function named after a standard library one, answered with that fu
 line. Eval prompts for tests/test_harmony_model.py come from other phrasings and the held-out
 files (build_tiny.HELDOUT, which parity/evalset.json is cut from: never trained on).
 
-    python models/build_harmony.py [--steps 200] [--lr 2e-3] [--check-only]
+    python models/build_harmony.py [--steps 200] [--lr 2e-3] [--short-steps N] [--init DIR] [--seed N]
+    python models/build_harmony.py --check-only     # the committed model's figures
 
-STATUS: NOT WORKING YET; the committed weights are still the code-only ones. The model learns
-the harmony shape exactly (analysis message, final message, `<|return|>`), but not the effort.
-Two runs were made on 2 cores, with a 20x loss weight on the effort word and 10x on each stop
-decision: 400 steps (20 min, `--steps 400`), then 400 more from that result (`--init DIR
---seed 1`). After either one, its probabilities for the effort word's first token are about
-0.28 / 0.33 / 0.38 (low / medium / high), identical to three decimals whatever the system
-message says. So it writes all 8 sentences (62 words) at every effort. The eval-set perplexity
-went 50.5 -> 45.9 -> 41.2. Copying a word from ~150 tokens back needs a two-layer lookup that
-this 4-layer model did not form in 800 steps. Next to try: a curriculum that starts with short
-prompts, where `Reasoning: <effort>` is inside the 64-token sliding window, or many more steps.
+The hard part is the effort: the analysis has to copy a word from ~100 tokens back (the system
+message is long in this 1024-token vocabulary), beyond the 64-token sliding window, which only
+the two full-attention layers can do. The committed weights were made in three runs, each
+from the previous one's output (about 50 min on 2 cores in all):
+
+    python models/build_harmony.py --steps 400 --out /tmp/h1
+    python models/build_harmony.py --init /tmp/h1 --seed 1 --steps 400 --out /tmp/h2
+    python models/build_harmony.py --init /tmp/h2 --seed 2 --steps 300 --short-steps 300 \
+        --code-batch 4 --chat-batch 16 --lr 3e-3
+
+The first two (20x loss weight on the effort word, 10x on each stop decision) teach the harmony
+shape exactly but leave the model effort-blind: its probabilities for the effort word were
+about 0.37 / 0.23 / 0.40 (low / medium / high) whatever the system message said, so it wrote all
+8 sentences at every effort. The third, on short conversations (one brief user message, no
+history) with twice the chat batch, found the lookup within 100 steps (greedy effort word right
+on 24/24 eval cases from step 100; `effort` in the log). Result on EVAL_PROMPTS, greedy: 5 / 22
+/ 62 analysis words at low / medium / high on all 8 prompts; eval-set perplexity 50.5 (code-only
+model) -> 45.1. Runs are seeded; bit-identical results across CPUs and thread counts are not
+promised.
 """
 
 from __future__ import annotations
@@ -138,11 +148,11 @@ class Conversations:
                             if (m := re.match(r"\s*def (\w+)\(.{0,50}\):\s*$", line))})
         self.rng = random.Random(seed)
 
-    def code_turn(self) -> tuple[str, str]:
+    def code_turn(self, max_lines: int = 8) -> tuple[str, str]:
         rng = self.rng
         while True:
             lines = rng.choice(self.files)
-            n = rng.randint(2, 8)
+            n = rng.randint(2, max_lines)
             at = rng.randrange(0, max(1, len(lines) - n - 1))
             code, nxt = lines[at : at + n], lines[at + n] if at + n < len(lines) else ""
             if (nxt.strip() and len(nxt.strip()) <= 72 and all(len(x) <= 100 for x in code)
@@ -155,12 +165,20 @@ class Conversations:
         name = re.match(r"def (\w+)", d).group(1)
         return self.rng.choice(FUNCTION_TEMPLATES).format(name=name), d
 
-    def turn(self) -> tuple[str, str]:
+    def turn(self, short: bool = False) -> tuple[str, str]:
+        if short:
+            return self.function_turn() if self.rng.random() < 0.5 else self.code_turn(max_lines=2)
         return self.function_turn() if self.rng.random() < 0.2 else self.code_turn()
 
-    def sample(self) -> tuple[str, str]:
-        """(prompt text, completion text)."""
+    def sample(self, short: bool = False) -> tuple[str, str]:
+        """(prompt text, completion text). A short one (the curriculum's first stage) is the
+        system message and one brief user message: `Reasoning: <effort>` is then within the
+        sliding window of where the analysis starts."""
         rng = self.rng
+        if short:
+            u, final = self.turn(short=True)
+            effort = rng.choice(list(EFFORT_SENTENCES))
+            return render_harmony_own([Message("user", u)], effort, None), completion(effort, final)
         msgs = []
         if rng.random() < 0.35:
             msgs.append(Message("developer", rng.choice(DEVELOPER)))
@@ -206,12 +224,13 @@ def _weights(c: str, enc) -> list[float]:
     return w
 
 
-def chat_batch(conv: Conversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def chat_batch(conv: Conversations, tok: Tokenizer, n: int,
+               short: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids, labels (-100 on the prompt) and per-token loss weights."""
     pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
-        p, c = conv.sample()
+        p, c = conv.sample(short)
         pi, enc = tok.encode(p).ids, tok.encode(c)
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + _weights(c, enc)))
     width = max(len(r[0]) for r in rows)
@@ -286,7 +305,27 @@ def check(model, tok: Tokenizer) -> dict[str, float]:
     return means
 
 
-def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, seed: int = 0) -> None:
+def effort_accuracy(model, tok: Tokenizer) -> float:
+    """How often the effort word's first token, greedy, is the system message's (over EVAL_PROMPTS
+    and the three efforts): 1/3 is an effort-blind model. A cheap check of the hard part."""
+    from runtimes.chat import render_harmony
+
+    first = {e: tok.encode(" " + e).ids[0] for e in EFFORT_SENTENCES}
+    lead = ANALYSIS + SENTENCES[0].split(" {")[0]
+    hits = 0
+    with torch.inference_mode():
+        for msgs in EVAL_PROMPTS:
+            for effort in EFFORT_SENTENCES:
+                ids = torch.tensor([tok.encode(render_harmony(msgs, effort) + lead).ids])
+                logits = model(input_ids=ids).logits[0, -1]
+                hits += max(first, key=lambda e: logits[first[e]].item()) == effort
+    return hits / (len(EVAL_PROMPTS) * len(EFFORT_SENTENCES))
+
+
+def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, seed: int = 0,
+          short_steps: int = 0) -> None:
+    """`short_steps` first steps on short conversations only (see Conversations.sample), then
+    the full mixture; every step also trains on the code (so its code modelling stays close)."""
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
     data = code_stream(tok)
@@ -299,15 +338,18 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         starts = torch.randint(0, len(data) - SEQ - 1, (code_batch,), generator=gen)
         code = torch.stack([data[s : s + SEQ] for s in starts])
         code_loss = model(input_ids=code, labels=code).loss
-        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n))
+        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step < short_steps))
         loss = code_loss + chat_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 20 == 0 or step == steps - 1:
+            model.eval()
+            acc = effort_accuracy(model, tok)
+            model.train()
             print(f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
-                  f"chat {chat_loss.item():.3f}", flush=True)
+                  f"chat {chat_loss.item():.3f}  effort {acc:.2f}", flush=True)
     model.eval()
 
 
@@ -317,6 +359,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--code-batch", type=int, default=8)
     ap.add_argument("--chat-batch", type=int, default=8)
+    ap.add_argument("--short-steps", type=int, default=0,
+                    help="first steps on short conversations only (a curriculum; default 0)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -331,7 +375,7 @@ def main() -> None:
         check(model, tok)
         return
     t0 = time.time()
-    train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.seed)
+    train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.seed, a.short_steps)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     model.to(torch.bfloat16)
     model.to(torch.float32)  # evaluate what is saved

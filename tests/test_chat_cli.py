@@ -16,19 +16,23 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 
 def test_chat_in_a_terminal(exported):
     path, _ = exported("cpu-gpt-oss")
-    child = pexpect.spawn(INVOKE, ["chat", "--artifact", str(path), "--max-new-tokens", "12"], cwd=str(ROOT),
+    child = pexpect.spawn(INVOKE, ["chat", "--artifact", str(path), "--max-new-tokens", "300"], cwd=str(ROOT),
                           encoding="utf-8", timeout=120, dimensions=(40, 200))
     try:
         child.expect("chatting with")
         child.expect("> ")
-        child.sendline("def main():")
-        child.expect("assistant:")  # the answer streams after the label
+        child.sendline("Write a function called parse_args.")
+        # the bundled model reasons in harmony (models/build_harmony.py): its analysis is shown
+        # first, apart, then the answer streams after its label
+        child.expect(r"thinking: The reasoning effort is medium\.")
+        child.expect("assistant:")
         child.expect("\n> ")
         child.sendline("/effort deep")
         child.expect(r"\(reasoning effort: high\)")
         child.sendline("/effort bogus")
         child.expect("error: unknown reasoning effort 'bogus'")
-        child.sendline("and then?")  # a second turn
+        child.sendline("Now write a function called main.")  # a second turn, at the new effort
+        child.expect(r"thinking: The reasoning effort is high\.")
         child.expect("assistant:")
         child.expect("\n> ")
         child.sendline("/reset")
