@@ -189,7 +189,10 @@ def test_synthetic_full_size_gpt_oss_20b_gguf_within_3_percent(tmp_path_factory)
     from export.pipeline import export
 
     work = tmp_path_factory.mktemp("synth20b")
-    need = 28 * 10**9  # 13 GB source + 11.6 GB GGUF + staging slack
+    # at the peak: the source, an unquantized GGUF of about its size (the quantizer's
+    # input, removed after) and the Q4_K_M;
+    # measured 39.2 GB (df, sampled every 5 s)
+    need = 42 * 10**9
     if (free := shutil.disk_usage(work).free) < need:
         pytest.fail(f"needs {need / 1e9:.0f} GB free under {work}, has {free / 1e9:.1f} GB", pytrace=False)
     try:
@@ -201,7 +204,7 @@ def test_synthetic_full_size_gpt_oss_20b_gguf_within_3_percent(tmp_path_factory)
         real = (out / m["runtime"]["model_file"]).stat().st_size
         assert abs(w.file_bytes - real) / real < 0.03, (w.file_bytes, real)
         assert {t.name: t.type for t in gguf_size.quantized_layout(spec)} == m["quantization"]["per_tensor"]
-    finally:  # ~25 GB: never left behind, passed or failed (a seeded rebuild gives the same bytes)
+    finally:  # ~39 GB: never left behind, passed or failed (a seeded rebuild gives the same bytes)
         shutil.rmtree(work, ignore_errors=True)
 
 
