@@ -3,7 +3,6 @@ backend in the same run, written to bench.json, the manifest and bench.png."""
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ def artifact_bytes(artifact: Path, m: dict) -> int:
 def bench(artifact: Path, *, reps: int = 3, warmup: int = 1, new_tokens: int = 32, with_raw: bool = True) -> dict:
     import runtimes
 
-    m = mf.load(artifact)
+    m = mf.verify(artifact, skip={"bench.json", "bench.png"})  # measure only what the manifest describes
     name = m["runtime"]["name"]
     if name not in RUNS_HERE:
         raise RuntimeUnavailable(f"{artifact}: its runtime ({name}) does not run on this machine; bench measures "
@@ -75,13 +74,23 @@ def ratios(row: dict, r: dict) -> dict:
 
 
 def save(artifact: Path, report: dict) -> None:
-    """bench.json and bench.png into the artifact; the manifest gets the summary and the new files."""
-    (artifact / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    """bench.json and bench.png into the artifact; the manifest gets the summary and the new files,
+    without re-sealing the rest: an artifact whose files no longer match its manifest is
+    refused before anything is written (a bench proves nothing about the files)."""
+    import os
+    import tempfile
+
+    from export.atomic import write_json
+
     from .plots import speed_figure
 
-    speed_figure(report, artifact / "bench.png")
-    m = mf.load(artifact)
-    m["bench"] = {"created": report["created"], "machine": report["machine"],
-                  "workloads": [{k: (v["median"] if isinstance(v, dict) and "median" in v else v)
-                                 for k, v in w.items() if k != "raw"} for w in report["workloads"]]}
-    mf.write(artifact, m)
+    new = ["bench.json", "bench.png"]
+    mf.verify(artifact, skip=set(new))
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=artifact) as tmp:
+        speed_figure(report, Path(tmp) / "bench.png")
+        write_json(artifact / "bench.json", report)
+        os.replace(Path(tmp) / "bench.png", artifact / "bench.png")
+    bench = {"created": report["created"], "machine": report["machine"],
+             "workloads": [{k: (v["median"] if isinstance(v, dict) and "median" in v else v)
+                            for k, v in w.items() if k != "raw"} for w in report["workloads"]]}
+    mf.record(artifact, {"bench": bench}, new)

@@ -169,3 +169,28 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
             if tmp.exists():
                 with deferred_signals():
                     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator:
+    """A temp file beside `path`, renamed onto it (with the umask's mode) only if the block
+    completes: a reader never sees half a file, an interrupted write leaves the old one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> Path:
+    """Strict JSON (no NaN or Infinity: other parsers reject them), written atomically."""
+    import json
+
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"  # ValueError before anything is written
+    with atomic_file(Path(path)) as f:
+        f.write(text)
+    return Path(path)

@@ -52,7 +52,8 @@ class Calibration:
         return self.path.name
 
     def record(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "sha256": self.sha256, "bytes": len(self.text.encode()),
+        # no path: the manifest is published
+        return {"name": self.name, "sha256": self.sha256, "bytes": len(self.text.encode()),
                 "samples": self.samples, "default": self.default}
 
 

@@ -6,13 +6,13 @@ pipeline around them (source checks, staging, manifest, parity) is shared.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import targets
 
 from . import manifest as mf
 from .architectures import config_value, for_config
+from .atomic import write_json
 from .errors import ParityFailure, SourceError, TargetError
 from .jobs import Job
 from .progress import Progress, console, step
@@ -77,6 +77,10 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
                                    "reason": e.reason}, **kw)
     out = Path(out) if out else default_out(model, target)
     exporter = _exporters()[job.profile.format]
+    if not job.src.from_hub:
+        from .source import remember
+
+        remember(mf.source_digest(job.src.checksums()), job.src.root)
     with job.progress, staging(out, force) as tmp:
         work = tmp / ".work"
         work.mkdir()
@@ -97,10 +101,10 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
         report = None
         if parity:
             report = run_parity(job, built.runtime, built.parity_inputs, built.variant, root=tmp)
-            (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+            write_json(tmp / "parity.json", report)
             manifest["parity"] = report
         _rmtree(work)
-        mf.write(tmp, manifest)
+        mf.seal(tmp, manifest)
         if report is not None and not report["passed"] and not keep_failed:
             raise ParityFailure(f"parity failed ({_failures(report)}); nothing was written to {out} "
                                 "(--keep-failed keeps the artifact)")
@@ -137,6 +141,10 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     from parity import gate
     from runtimes import load_runtime
     from runtimes.reference import ReferenceRuntime
+
+    if variant is not None and variant not in targets.VARIANTS.get(job.profile.format, ()):
+        raise TargetError(f"exporter reported variant {variant!r}, not in targets.VARIANTS[{job.profile.format!r}] "
+                          "(threshold overrides are validated against that table)")
 
     cfg = job.profile.parity
     rts = {}
@@ -184,14 +192,17 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     return report
 
 
-def parity_for_artifact(artifact: Path) -> dict:
-    """Re-run the gate on an existing artifact; rebuilds the unquantized file from the source."""
+def parity_for_artifact(artifact: Path, source: str | Path | None = None) -> dict:
+    """Re-run the gate on an existing artifact; rebuilds the unquantized file from the source.
+
+    A pass proves the files as they are now, so it re-seals the manifest; a failure is recorded
+    only while every file still matches the manifest (else ManifestMismatch, manifest untouched)."""
     import tempfile
 
     m = mf.load(artifact)
     opts = m["runtime"].get("options", {})
     policy = {k: opts[k] for k in ("ep", "jetpack", "device") if k in opts}  # the artifact's own choices
-    job = _job(source_location(m), m["target"], revision=m["source"].get("revision"),
+    job = _job(source_location(m, source), m["target"], revision=m["source"].get("revision"),
                quantization=m["quantization"]["requested"], policy=policy or None)
     _check_source_unchanged(job.src, m)
     exporter = _exporters()[job.profile.format]
@@ -203,35 +214,54 @@ def parity_for_artifact(artifact: Path) -> dict:
             if (unq := exporter.unquantized(job, Path(work))) is not None:
                 inputs["unquantized"] = unq
         report = run_parity(job, rt, inputs, m["quantization"].get("variant"), root=artifact)
-    (artifact / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
-    m["parity"] = report
-    mf.write(artifact, m)
+    if report["passed"]:
+        write_json(artifact / "parity.json", report)
+        m["parity"] = report
+        mf.seal(artifact, m)
+    else:
+        mf.verify(artifact, m, skip={"parity.json"})  # before writing anything
+        write_json(artifact / "parity.json", report)
+        mf.record(artifact, {"parity": report}, ["parity.json"])
     return report
 
 
-def device_parity(artifact: Path, device_output: Path) -> dict:
+def device_parity(artifact: Path, device_output: Path, source: str | Path | None = None) -> dict:
     """Compare a Jetson kit's device_output.json with the reference; stored as device_parity.json
-    and in the manifest."""
+    and in the manifest, which is not re-sealed (refused if a file no longer matches it)."""
     from parity.device import compare
     from runtimes.reference import ReferenceRuntime
 
-    m = mf.load(artifact)
-    src = Source.open(source_location(m), m["source"].get("revision"))
+    m = mf.verify(artifact, skip={"device_parity.json"})
+    src = Source.open(source_location(m, source), m["source"].get("revision"))
     _check_source_unchanged(src, m)
     with step("device parity: the reference against the device's output"), ReferenceRuntime(src.root) as ref:
         report = compare(artifact, device_output, ref)
-    (artifact / "device_parity.json").write_text(json.dumps(report, indent=2) + "\n")
-    m["device_parity"] = {k: v for k, v in report.items() if k != "prompts"}
-    mf.write(artifact, m)
+    mf.verify(artifact, m, skip={"device_parity.json"})
+    write_json(artifact / "device_parity.json", report)
+    mf.record(artifact, {"device_parity": {k: v for k, v in report.items() if k != "prompts"}},
+              ["device_parity.json"])
     return report
 
 
-def source_location(m: dict) -> str:
-    """Where to find an artifact's source: the path it was exported from, or, on another machine
-    (a pulled artifact on the Jetson), the model as it was named (a path relative to the current
-    directory, or a hub id); the recorded checksums still have to match."""
-    path = m["source"].get("path")
-    return path if path and Path(path).exists() else m["source"]["model"]
+def source_location(m: dict, given: str | Path | None = None) -> str:
+    """Where to find an artifact's source: `given` (--source), the hub id it was exported from,
+    or the local directory this machine remembers for its content digest (the manifest carries
+    no path); the recorded checksums still have to match."""
+    from .source import recall
+
+    src = m["source"]
+    if given:
+        return str(given)
+    if src.get("hub"):
+        return src["model"]
+    if src.get("path") and Path(src["path"]).is_dir():  # manifests written before paths were left out
+        return src["path"]
+    if src.get("digest") and (root := recall(src["digest"])) is not None:
+        return str(root)
+    if "hub" not in src:  # an older manifest: the model as it was named
+        return src["model"]
+    raise SourceError(f"the source this artifact was exported from ({src['model']}, {src.get('digest', '')[:19]}…) "
+                      "is not known on this machine; pass --source DIR")
 
 
 def _check_source_unchanged(src: Source, m: dict) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,16 +92,18 @@ class Source:
     revision: str | None
     config: dict
     tensors: dict[str, TensorEntry] = field(repr=False)
+    from_hub: bool = False  # named by a hub id (downloaded), not a local directory
 
     # --- construction -------------------------------------------------------------------
     @classmethod
     def open(cls, spec: str | os.PathLike, revision: str | None = None, *,
              allow_pickle: bool = False, trust_remote_code: bool = False) -> Source:
         path = Path(spec).expanduser()
+        hub = False
         if path.exists():
             root, model_id = path.resolve(), str(spec)
         elif _looks_like_hub_id(str(spec)):
-            root, model_id = _download(str(spec), revision), str(spec)
+            root, model_id, hub = _download(str(spec), revision), str(spec), True
         else:
             raise SourceError(f"model not found: {spec} (no such directory, and not a hub id like org/name)")
         if not root.is_dir():
@@ -120,7 +123,7 @@ class Source:
         tensors = _index_tensors(root, allow_pickle)
         if not (root / "tokenizer.json").is_file():
             raise SourceError(f"{root}: missing tokenizer.json (a fast tokenizer is required)")
-        return cls(root, model_id, revision or _local_revision(root), config, tensors)
+        return cls(root, model_id, revision or _local_revision(root), config, tensors, hub)
 
     # --- what the checkpoint is ---------------------------------------------------------
     @property
@@ -139,6 +142,17 @@ class Source:
     @property
     def name(self) -> str:
         return Path(self.model_id.rstrip("/")).name
+
+    @cached_property
+    def license(self) -> str | None:
+        """The license the checkpoint's own model card (README.md front matter) declares."""
+        readme = self.root / "README.md"
+        if not readme.is_file():
+            return None
+        text = readme.read_text(errors="replace")
+        front = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
+        hit = re.search(r"^license:\s*([\w.+-]+)\s*$", front, re.M)
+        return hit.group(1) if hit else None
 
     def json_file(self, name: str) -> dict:
         p = self.root / name
@@ -159,7 +173,11 @@ class Source:
         return sorted(weights | set(side) | set(idx))
 
     def checksums(self) -> dict[str, dict]:
-        return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in self.files()}
+        """Size and sha256 of every file, hashed once per Source (a 20B checkpoint is 13 GB)."""
+        if "_checksums" not in self.__dict__:
+            self.__dict__["_checksums"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                                           for p in self.files()}
+        return dict(self.__dict__["_checksums"])
 
     # --- tensors --------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -212,6 +230,44 @@ def sha256_file(path: Path, chunk: int = 16 * 2**20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+def _index_path() -> Path:
+    """Where this machine remembers local sources by content digest: $XDG_CACHE_HOME/edgeport
+    (else ~/.cache/edgeport). Manifests name a local source by name and digest only, so a
+    parity re-run finds it here, never in the artifact."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "edgeport" / "sources.json"
+
+
+def _read_index() -> dict[str, str]:
+    try:
+        known = json.loads(_index_path().read_text())
+        return known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(digest: str, root: Path) -> None:
+    """Note where the source with `digest` lives on this machine (best effort: a read-only home
+    only costs the parity re-run its default)."""
+    from .atomic import write_json
+
+    known = _read_index()
+    if known.get(digest) == str(root):
+        return
+    known[digest] = str(root)
+    try:
+        _index_path().parent.mkdir(parents=True, exist_ok=True)
+        write_json(_index_path(), known)
+    except OSError:
+        pass
+
+
+def recall(digest: str) -> Path | None:
+    """The directory remembered for `digest`, if it is still there."""
+    p = _read_index().get(digest)
+    return Path(p) if p and Path(p).is_dir() else None
 
 
 def _looks_like_hub_id(spec: str) -> bool:

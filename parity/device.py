@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .gate import load_evalset
-from .metrics import check, greedy_match, log_softmax, top1_regret
+from .metrics import check, finite_or_none, greedy_match, log_softmax, top1_regret
 
 SCHEMA = "edgeport.device-parity/1"
 OUTPUT_SCHEMA = "edgeport.device-output/1"  # what the TensorRT-LLM kit's device_eval.py writes
@@ -59,6 +59,7 @@ def compare(artifact: Path, device_output: Path, reference) -> dict:
         report = READERS[runtime](artifact, _read(Path(device_output), runtime), reference)
     except Unjudgeable as e:
         return {**head, "failures": [f"device output not judged: {e}"], "passed": False}
+    report = finite_or_none(report)  # strict JSON; check() fails a null figure
     fails = check(report, th)
     return {**head, **report, "failures": fails, "passed": not fails}
 

@@ -84,7 +84,8 @@ def drift_line(report: dict, stage: str = "fidelity") -> str | None:
     r = report["stages"].get(stage)
     if not r:
         return None
-    cells = [f"{k} {kl:.1e}" for k, (kl, _) in r["summary"]["kl_top1_by_position"].items()]
+    cells = [f"{k} {kl if kl is not None else float('nan'):.1e}"
+             for k, (kl, _) in r["summary"]["kl_top1_by_position"].items()]
     return f"{stage} KL by position: " + ", ".join(cells)
 
 
@@ -98,7 +99,7 @@ def table(report: dict):
     for col in cols:
         t.add_column(col)
     for name, r in report["stages"].items():
-        s = r["summary"]
+        s = {k: (float("nan") if v is None else v) for k, v in r["summary"].items()}  # null: not finite
         res = ("[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]") if r["judged"] else "reported"
         greedy = f"{s.get('greedy_match_mean', 0):.1f}/{s.get('greedy_tokens', 0)}"
         t.add_row(name, " -> ".join(STAGES[name]), f"{s['mean_kl']:.2e}", f"{s['p99_kl']:.2e}",

@@ -7,6 +7,7 @@ next tokens, and greedy continuation match length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,10 @@ class PromptComparison:
     nll_cand: np.ndarray  # [n-1]
     near_tie: np.ndarray  # [n] bool: reference top-2 logit gap < TIE_MARGIN
     regret: np.ndarray  # [n]: p_ref(reference's top-1) - p_ref(candidate's top-1), see top1_regret
+    # positions whose logits hold a NaN or an infinity, per side: a broken kernel or an
+    # overflowing scale, exactly what the gate exists for (NaN compares false with any limit)
+    nonfinite_ref: np.ndarray  # [k] int
+    nonfinite_cand: np.ndarray  # [k] int
 
 
 def top1_regret(ref_logprobs: np.ndarray, cand_top1: np.ndarray) -> np.ndarray:
@@ -57,8 +62,9 @@ def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
                    cand: np.ndarray) -> PromptComparison:
     if ref.shape != cand.shape:
         raise ValueError(f"{prompt_id}: logits shapes differ: {ref.shape} vs {cand.shape}")
-    lr, lc = log_softmax(ref), log_softmax(cand)
-    kl = (np.exp(lr) * (lr - lc)).sum(axis=-1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported below
+        lr, lc = log_softmax(ref), log_softmax(cand)
+        kl = (np.exp(lr) * (lr - lc)).sum(axis=-1)
     nxt = np.asarray(ids[1:], dtype=np.int64)
     rows = np.arange(len(nxt))
     top2 = np.partition(ref, -2, axis=-1)[:, -2:]
@@ -66,7 +72,33 @@ def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
         prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1),
         -lr[rows, nxt], -lc[rows, nxt], (top2[:, 1] - top2[:, 0]) < TIE_MARGIN,
         top1_regret(lr, cand.argmax(-1)),
+        np.flatnonzero(~np.isfinite(ref).all(axis=-1)), np.flatnonzero(~np.isfinite(cand).all(axis=-1)),
     )
+
+
+def finite_or_none(x):
+    """Strict JSON has no NaN or Infinity: a non-finite figure is stored as null (and the gate
+    has already failed it with its reason)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
+def _nonfinite(comps: list[PromptComparison]) -> dict:
+    """Where the logits were not finite: a count per side and the first place, for the reason."""
+    out = {}
+    for side in ("reference", "candidate"):
+        hits = [(c.prompt_id, getattr(c, "nonfinite_ref" if side == "reference" else "nonfinite_cand"))
+                for c in comps]
+        hits = [(pid, pos) for pid, pos in hits if len(pos)]
+        if hits:
+            out[side] = {"positions": int(sum(len(pos) for _, pos in hits)), "prompts": len(hits),
+                         "first_prompt": hits[0][0], "first_position": int(hits[0][1][0])}
+    return out
 
 
 def greedy_match(a: list[int], b: list[int]) -> int:
@@ -114,11 +146,13 @@ def summarize(comps: list[PromptComparison], greedy: list[int] | None = None,
                         "top1_decisive": float(c.top1[~c.near_tie].mean()) if (~c.near_tie).any() else 1.0,
                         "near_ties": int(c.near_tie.sum())} for c in comps],
     }
+    if nonfinite := _nonfinite(comps):
+        out["nonfinite_logits"] = nonfinite
     if greedy is not None:
         out["greedy_match_mean"] = float(np.mean(greedy))
         out["greedy_match_min"] = int(np.min(greedy))
         out["greedy_tokens"] = greedy_len
-    return out
+    return finite_or_none(out)
 
 
 # threshold name -> (summary key, "max" or "min"). Mean KL is the primary criterion; top-1 is
@@ -148,13 +182,19 @@ def validate_thresholds(thresholds: dict, where: str) -> None:
 
 def check(summary: dict, thresholds: dict) -> list[str]:
     """Failures as sentences; empty when every threshold holds. A judged metric missing from
-    the summary is a failure, not a pass."""
+    the summary is a failure, not a pass; non-finite logits on either side fail whatever the
+    thresholds say, and a non-finite (null) figure fails its threshold."""
     validate_thresholds(thresholds, "thresholds")
-    fails = []
+    fails = [f"{side} logits not finite at {n['positions']} position(s) of {n['prompts']} prompt(s), "
+             f"first at prompt {n['first_prompt']} position {n['first_position']}"
+             for side, n in summary.get("nonfinite_logits", {}).items()]
     for key, limit in thresholds.items():
         if key not in CHECKS:
             continue
         metric, kind = CHECKS[key]
+        if metric in summary and not _finite(summary[metric]):
+            fails.append(f"{metric} is not finite (threshold {key} = {limit:g})")
+            continue
         v = summary.get(metric)
         if v is None:
             fails.append(f"{metric} missing (threshold {key} = {limit:g})")
@@ -162,3 +202,7 @@ def check(summary: dict, thresholds: dict) -> list[str]:
         if (kind == "max" and v > limit) or (kind == "min" and v < limit):
             fails.append(f"{metric} = {v:.6g} {'>' if kind == 'max' else '<'} {limit:g}")
     return fails
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)

@@ -12,18 +12,12 @@ LIBRARY = {"hf-mxfp4": "transformers"}
 FORMAT_TAGS = {"gguf": ["gguf"], "hf-mxfp4": ["safetensors", "mxfp4", "vllm"], "onnx": ["onnx"],
                "jetson": ["onnx", "tensorrt", "jetson"]}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_LICENSE = re.compile(r"^license:\s*([\w.+-]+)\s*$", re.M)
 
 
 def source_license(m: dict) -> str | None:
-    """The license the source checkpoint's own model card declares, if it has one."""
-    readme = Path(m["source"].get("path") or "") / "README.md"
-    if not readme.is_file():
-        return None
-    text = readme.read_text(errors="replace")
-    front = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
-    hit = _LICENSE.search(front)
-    return hit.group(1) if hit else None
+    """The license the source checkpoint's own model card declares, as export recorded it (the
+    source itself need not be on the machine that pushes)."""
+    return m["source"].get("license")
 
 
 def _fmt(x) -> str:
@@ -92,7 +86,8 @@ def build(m: dict, repo_id: str) -> str:
 
     base = m["source"].get("model")
     data = ModelCardData(
-        base_model=base if base and _HUB_ID.match(base) and not Path(base).exists() else None,
+        base_model=base if base and m["source"].get("hub", _HUB_ID.match(base) and not Path(base).exists())
+        else None,
         license=source_license(m),
         library_name=LIBRARY.get(m["format"]),
         pipeline_tag="text-generation",

@@ -83,6 +83,41 @@ def available() -> list[str]:
 
 
 PARITY_KEYS = {"max_tokens", "greedy_tokens", "thresholds", "device"}
+# the variants each format's exporter reports (Built.variant; the pipeline refuses any other),
+# which threshold sub-tables may be named after
+VARIANTS = {
+    "gguf": ("mxfp4-source", "bf16-experts-mxfp4", "bf16-experts-kquant"),
+    "hf-mxfp4": ("mxfp4-passthrough", "bf16-to-mxfp4"),
+    "onnx": tuple(f"{k}-{p}{e}" for k, ps in (("genai", ("int8", "int4", "fp32")), ("qdq", ("int8", "fp32")))
+                  for p in ps for e in ("", "-mxfp4-experts")),
+    "jetson": ("edgellm-int8", "edgellm-int8-w8a16", "edgellm-int4", "edgellm-fp16", "trtllm-w8a16"),
+}
+
+
+def _quantizations(data: dict) -> set[str]:
+    """The quantization schemes a profile's format takes."""
+    fmt = data.get("format")
+    names = {data.get("quantization")}
+    if fmt == "gguf":
+        from export.gguf_quantize import SCHEMES
+
+        names |= set(SCHEMES) | {data.get("unquantized", "F16")}
+    elif fmt == "onnx":
+        names |= {"int8", "int4", "fp32"}
+    elif fmt == "jetson":
+        names |= {p for stack in data.get("stacks", {}).values() for p in stack.get("precisions", ())}
+    return {n for n in names if n}
+
+
+def override_names(data: dict) -> set[str]:
+    """What a threshold sub-table may be named: an architecture, a variant of the profile's
+    format (alone or as arch/variant), or one of its quantization schemes. Anything else (a
+    typo: Q2_k, gpt-os) would silently fall back to the generic threshold."""
+    from export.architectures import ARCHITECTURES
+
+    archs = {a.name for a in ARCHITECTURES}
+    variants = set(VARIANTS.get(data.get("format"), ()))
+    return archs | variants | {f"{a}/{v}" for a in archs for v in variants} | _quantizations(data)
 
 
 def load(name: str) -> TargetProfile:
@@ -110,6 +145,7 @@ def validate(name: str, data: dict) -> None:
     parity = data.get("parity", {})
     if unknown := sorted(set(parity) - PARITY_KEYS):
         raise TargetError(f"{where}: unknown [parity] key(s) {', '.join(unknown)}")
+    names = override_names(data)
     for section in ("thresholds", "device"):
         for stage, table in parity.get(section, {}).items():
             if section == "thresholds" and stage not in STAGES:
@@ -117,6 +153,9 @@ def validate(name: str, data: dict) -> None:
             _validate_table(table, f"{where} [parity.{section}.{stage}]")
             for sub, values in table.items():
                 if isinstance(values, dict):
+                    if sub not in names:
+                        raise TargetError(f"{where}: [parity.{section}.{stage}.{sub}] names no architecture, variant "
+                                          f"or quantization of this target; known: {', '.join(sorted(names))}")
                     if nested := [k for k, v in values.items() if isinstance(v, dict)]:
                         raise TargetError(f"{where} [parity.{section}.{stage}.{sub}]: nested table(s) "
                                           f"{', '.join(nested)}")

@@ -31,6 +31,10 @@ def unavailable(what: str, why: str):
     pytest.skip(reason)
 
 
+def _no_constant(c: str):
+    raise ValueError(f"not strict JSON: {c}")
+
+
 @pytest.fixture(scope="session")
 def gpt_oss_dir() -> Path:
     return GPT_OSS
@@ -107,6 +111,8 @@ def exported(tmp_path_factory):
             model = case_model(c["model"], root / "models")
             done[name] = export(str(model), c["target"], root / name, quantization=c.get("quantization"),
                                 policy=c.get("policy"))
+            for f in ("manifest.json", "parity.json"):  # strict JSON: no NaN / Infinity anywhere
+                json.loads((root / name / f).read_text(), parse_constant=_no_constant)
         return done[name]
 
     return get

@@ -118,21 +118,29 @@ def test_cli_refusals_leave_nothing(tmp_path, args, message):
 
 
 def _tool(name):
+    """The oracle, built here if this machine has not built it yet (about 10 minutes, once,
+    cached): the test does not rely on another test file having built it first."""
     from export.errors import RuntimeUnavailable
     from tools import llama_cpp as lt
 
     try:
-        return lt.tool(name, build=False)
+        return lt.tool(name, build=True)
     except RuntimeUnavailable as e:
         unavailable(f"the {name} oracle", str(e))
 
 
+# the dense Llama, and the gpt-oss MoE path the default export takes: per-expert sums and counts
+# (ffn_*_exps, accumulated by the tokens routed to each expert) and per-expert quantization
+ORACLE_MODELS = ["tiny-llama", "tiny-gpt-oss"]
+
+
 @pytest.mark.slow
-def test_collection_identical_to_llama_imatrix(llama_dir, gguf_dir, tmp_path):
+@pytest.mark.parametrize("model", ORACLE_MODELS)
+def test_collection_identical_to_llama_imatrix(model, gguf_dir, tmp_path):
     """Our in-process sums and counts equal llama-imatrix's (same llama.cpp commit) bit for bit, run
     one 512-token chunk per batch as we do (`-b 512`; its default -b 2048 batches four chunks,
     which reorders float additions: measured within 2.4e-6 relative of ours)."""
-    f16 = gguf_of(llama_dir, gguf_dir)
+    f16 = gguf_of(ROOT / "models" / model, gguf_dir)
     text = tmp_path / "cal.txt"
     text.write_text(_text(30000, 2).rstrip("\n"))
     ours = compute(f16, load_calibration(text), max_chunks=4)
@@ -144,13 +152,24 @@ def test_collection_identical_to_llama_imatrix(llama_dir, gguf_dir, tmp_path):
     for k in ours.sums:
         assert np.array_equal(theirs.counts[k], ours.counts[k]), k
         assert np.array_equal(theirs.sums[k], ours.sums[k]), k
+    if model == "tiny-gpt-oss":  # the MoE path was really compared: per-expert rows, experts reached
+        exps = [k for k in ours.sums if "_exps" in k]
+        assert exps and all(ours.sums[k].shape[0] == 4 and ours.counts[k].shape[0] == 4 for k in exps), exps
+        assert all((ours.counts[k] > 0).sum() >= 2 for k in exps)
+
+
+def _oracle_schemes():
+    for model in ORACLE_MODELS:
+        for scheme in ("Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ3_M", "IQ2_M"):
+            if model == "tiny-llama" or scheme in ("Q4_K_M", "Q2_K", "IQ3_M"):  # gpt-oss: one per family
+                yield pytest.param(model, scheme)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ3_M", "IQ2_M"])
-def test_quantized_identical_to_llama_quantize_imatrix(scheme, llama_dir, gguf_dir, tmp_path):
+@pytest.mark.parametrize("model,scheme", list(_oracle_schemes()))
+def test_quantized_identical_to_llama_quantize_imatrix(model, scheme, gguf_dir, tmp_path):
     """Given the same imatrix file, our tensors are byte-identical to `llama-quantize --imatrix`."""
-    f16 = gguf_of(llama_dir, gguf_dir)
+    f16 = gguf_of(ROOT / "models" / model, gguf_dir)
     m = compute(f16, load_calibration(), max_chunks=4)
     m.write(tmp_path / "imatrix.gguf")
     quantize(f16, tmp_path / "ours.gguf", scheme, imatrix=IMatrix.read(tmp_path / "imatrix.gguf"))

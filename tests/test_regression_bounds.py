@@ -99,7 +99,10 @@ def test_readme_headline_export(tmp_path):
     assert f"artifact: {out}/tiny-gpt-oss-Q4_K_M.gguf" in " ".join((r.stdout + r.stderr).split())
     m = mf.load(out)
     assert (m["target"], m["format"], m["runtime"]["name"]) == ("cpu", "gguf", "llama.cpp")
-    assert m["source"]["path"].endswith("models/tiny-gpt-oss") and m["architecture"] == "gpt-oss"
+    # a local source is named by its directory's name and content digest, never its path (push publishes this)
+    assert (m["source"]["model"], m["source"]["hub"], m["architecture"]) == ("tiny-gpt-oss", False, "gpt-oss")
+    assert m["source"]["digest"].startswith("sha256:") and "path" not in m["source"]
+    assert str(ROOT) not in (out / "manifest.json").read_text()
     q = m["quantization"]
     assert q["requested"] == "Q4_K_M" and q["variant"] == "bf16-experts-mxfp4"
     assert q["applied"]["counts"] == {"Q8_0": 3, "F32": 49, "Q5_0": 11, "Q4_K": 4, "MXFP4": 12}
