@@ -54,7 +54,7 @@ def make_artifact(out: Path, gib: float) -> Path:
          "runtime": {"name": "llama.cpp", "model_file": path.name}, "model": {},
          "quantization": {"requested": "F16", "applied": {"scheme": "F16"}}, "tools": mf.tool_versions(),
          "parity": None, "note": "synthetic transfer-benchmark artifact: random tensors, no model behind it"}
-    mf.write(tmp, m)
+    mf.seal(tmp, m)  # hashes every file into the manifest and writes it
     os.replace(tmp, out)
     return out
 

@@ -29,9 +29,12 @@ class LlamaLog:
 
         self.lc, self.lines = llama_cpp, []
 
+        from .progress import pause_point
+
         @llama_cpp.llama_log_callback
         def cb(level, text, user_data):
             self.lines.append(text.decode("utf-8", "replace"))
+            pause_point("llama.cpp log")  # test-only: lets the signal tests land inside a C call
 
         self.cb = cb
 

@@ -130,8 +130,12 @@ VLLM_GPU_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization: it never pl
 # --- onnxruntime-genai and Edge-LLM --------------------------------------------------------
 
 def onnx_kv(spec: ModelSpec, n_ctx: int, n_seq: int, io_bytes: int) -> int:
-    """onnxruntime-genai with a plain (not windowed) cache: every layer, max_length tokens,
-    in the graph's io dtype (fp32 on CPU graphs, fp16 for CUDA)."""
+    """onnxruntime-genai with a plain (not windowed) cache and past_present_share_buffer: each
+    generator allocates K and V of [batch, kv_heads, max_length, head_dim] for every layer up
+    front, in the graph's io dtype (fp32 on CPU graphs, fp16 for CUDA). runtimes/onnxrt.py sizes
+    max_length by the request (prompt + max_tokens, at most its n_ctx), so a request that uses
+    the whole context, the most a request can take, allocates this with max_length = n_ctx
+    (the same bytes as runtimes.onnxrt.genai_kv_bytes; tests/test_onnx_memory.py)."""
     return spec.n_layers * 2 * spec.dims["kv_dim"] * io_bytes * n_ctx * n_seq
 
 

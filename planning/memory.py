@@ -231,7 +231,9 @@ def _onnx(spec, dev, profile, precision, ctx, n, server) -> Plan:
     else:
         pools = {"unified" if dev.memory == "unified" else "ram": Pool(dev.pool_usable, parts)}
     notes = [f"execution provider {ep}: KV cache in the graph's {'fp16' if io == 2 else 'fp32'} io dtype for "
-             "every layer at max_length (plain cache, windowed_kv_cache=false); runtime arena estimated"]
+             f"every layer at max_length (plain cache, windowed_kv_cache=false), allocated per request up front; "
+             f"the runtime sizes max_length by the request (prompt + max_tokens, at most --ctx), planned here at "
+             f"the largest, {ctx} tokens; runtime arena estimated"]
     return _base(spec, dev, "onnx", precision, f"onnxruntime-genai ({ep})", ctx, n, {"ep": ep, "max_length": ctx},
                  w, cache, act, pools, notes)
 

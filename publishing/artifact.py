@@ -43,6 +43,8 @@ def listed(m: dict) -> list[File]:
     for e in m["files"]:
         try:
             path, size, sha = e["path"], int(e["bytes"]), e["sha256"]
+            if not isinstance(path, str) or not isinstance(sha, str) or size < 0:
+                raise TypeError(e)
         except (KeyError, TypeError, ValueError):
             raise PublishError(f"{mf.NAME}: malformed file entry {e!r}") from None
         parts = Path(path).parts
@@ -54,6 +56,19 @@ def listed(m: dict) -> list[File]:
     return out
 
 
+# what the OCI config, the layers' media types and the Hub card are built from
+REQUIRED = {"format": str, "target": str, "source": dict, "runtime": dict, "quantization": dict}
+
+
+def _check_fields(root: Path, m: dict) -> None:
+    bad = [k for k, t in REQUIRED.items() if not isinstance(m.get(k), t)]
+    if not isinstance(m.get("parity"), dict | None):
+        bad.append("parity")
+    if bad:
+        raise PublishError(f"{root / mf.NAME}: missing or malformed {', '.join(bad)}; not an edgeport manifest "
+                           "(--force does not help: the registry formats are built from these)")
+
+
 def for_push(root: Path, force: bool = False) -> tuple[dict, list[File]]:
     """The files to push (manifest.json last), hashed now. Refuses, unless `force`, an artifact
     whose parity failed or is missing, or whose files no longer match its manifest."""
@@ -61,6 +76,7 @@ def for_push(root: Path, force: bool = False) -> tuple[dict, list[File]]:
     if not root.is_dir():
         raise PublishError(f"{root}: no such artifact directory")
     m = load_manifest(root)
+    _check_fields(root, m)
     problems = []
     parity = m.get("parity")
     if not parity:
@@ -84,6 +100,28 @@ def for_push(root: Path, force: bool = False) -> tuple[dict, list[File]]:
     mp = root / mf.NAME
     files.append(File(mf.NAME, mp.stat().st_size, sha256_of(mp)))
     return m, files
+
+
+def executable(m: dict) -> set[str]:
+    """The paths manifest.json marks `executable: true` (export records a Jetson kit's scripts
+    so): the one source of file modes for every transport, as neither the Hub nor
+    actions/download-artifact keeps modes."""
+    return {Path(e["path"]).as_posix() for e in m.get("files") or []
+            if isinstance(e, dict) and e.get("executable") is True and isinstance(e.get("path"), str)}
+
+
+def restore_modes(root: Path, m: dict) -> None:
+    """After a pull: the files manifest.json marks executable get 0o777 & ~umask, the others
+    0o666 & ~umask, whatever the store said."""
+    import os
+
+    from export.atomic import umask
+
+    exe, mask = executable(m), umask()
+    for f in listed(m):
+        p = root / f.path
+        if p.is_file():
+            os.chmod(p, (0o777 if f.path in exe else 0o666) & ~mask)
 
 
 def verify_pulled(root: Path, files: list[File]) -> None:

@@ -4,17 +4,16 @@ manifest.json it carries. `api` is an `HfApi` (tests pass a recorder)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from export import manifest as mf
-from export.atomic import check_writable, staging, umask
+from export.atomic import check_writable, staging
 from export.errors import EdgeportError
 
 from . import modelcard
-from .artifact import File, listed, sha256_of, verify_pulled
+from .artifact import File, listed, restore_modes, sha256_of, verify_pulled
 from .errors import PublishError
 from .uri import HubRef
 
@@ -75,7 +74,6 @@ def pull(api, ref: HubRef, out: Path, force: bool = False) -> tuple[Path, str]:
             api.hf_hub_download(repo_id=ref.repo_id, filename=mf.NAME, revision=sha, local_dir=dl)
             m = _load(Path(dl))
             want = listed(m)
-            executable = {e["path"] for e in m["files"] if e.get("executable")}
             api.snapshot_download(repo_id=ref.repo_id, revision=sha, local_dir=dl,
                                   allow_patterns=[f.path for f in want])
             with staging(Path(out), force) as tmp:
@@ -87,10 +85,9 @@ def pull(api, ref: HubRef, out: Path, force: bool = False) -> tuple[Path, str]:
                     dst = tmp / f.path
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(src, dst)
-                    if f.path in executable:  # the Hub keeps no file modes; the manifest does
-                        os.chmod(dst, 0o777 & ~umask())
                     got.append(File(f.path, dst.stat().st_size, sha256_of(dst)))
                 verify_pulled(tmp, got)
+                restore_modes(tmp, m)  # the Hub keeps no file modes; the manifest does
     except EdgeportError:
         raise
     except Exception as e:

@@ -11,11 +11,11 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from export.atomic import staging, umask
+from export.atomic import staging
 from export.progress import Progress
 
 from . import formats
-from .artifact import File, verify_pulled
+from .artifact import File, executable, load_manifest, restore_modes, verify_pulled
 from .errors import PublishError
 from .stores import OCI_MANIFEST, Store
 
@@ -26,7 +26,8 @@ def _canonical(obj: dict) -> bytes:
 
 def build(m: dict, files: list[File], root: Path) -> tuple[bytes, bytes]:
     """(config bytes, manifest bytes) for an artifact whose files are `files`."""
-    layers = [formats.layer(m, f, bool((root / f.path).stat().st_mode & 0o100)) for f in formats.ordered(m, files)]
+    exe = executable(m)  # by manifest.json, not the local modes (a CI download drops them)
+    layers = [formats.layer(m, f, f.path in exe) for f in formats.ordered(m, files)]
     config = _canonical(formats.config(m, files, root))
     manifest = {
         "schemaVersion": 2,
@@ -98,9 +99,28 @@ def pull(store: Store, reference: str, out: Path, force: bool = False) -> tuple[
         manifest = json.loads(raw)
     except ValueError:
         raise PublishError(f"{store.describe()}:{reference}: the manifest is not JSON") from None
-    if manifest.get("mediaType") != OCI_MANIFEST:
-        raise PublishError(f"{store.describe()}:{reference} is a {manifest.get('mediaType')!r}, "
-                           "not an OCI image manifest of an artifact")
+    try:
+        files, cfg = _parse(store, reference, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PublishError(f"{store.describe()}:{reference}: malformed OCI manifest (a descriptor lacks its "
+                           "digest, size or annotations)") from None
+    _fetch(store, cfg["digest"], int(cfg["size"]), None)
+    with staging(Path(out), force) as tmp, Progress() as progress:
+        bar = progress.task("downloading", sum(f.size for f in files))
+        for f in files:
+            dst = tmp / f.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _fetch(store, f.digest, f.size, dst, bar.advance)
+        verify_pulled(tmp, files)
+        restore_modes(tmp, load_manifest(tmp))  # the kit's scripts stay runnable, as manifest.json says
+    return Path(out), _digest(raw)
+
+
+def _parse(store: Store, reference: str, manifest: dict) -> tuple[list[File], dict]:
+    """The layers as files, and the config descriptor, of an artifact's OCI manifest."""
+    media = manifest.get("mediaType") if isinstance(manifest, dict) else f"JSON {type(manifest).__name__}"
+    if media != OCI_MANIFEST:
+        raise PublishError(f"{store.describe()}:{reference} is a {media!r}, not an OCI image manifest of an artifact")
     cfg = manifest.get("config") or {}
     if cfg.get("mediaType") not in formats.CONFIG_MEDIA_TYPES:
         raise PublishError(f"{store.describe()}:{reference}: config type {cfg.get('mediaType')!r} is not a model "
@@ -108,32 +128,10 @@ def pull(store: Store, reference: str, out: Path, force: bool = False) -> tuple[
     files = _layers(manifest)
     if not any(f.path == "manifest.json" for f in files):
         raise PublishError(f"{store.describe()}:{reference} carries no manifest.json; not an edgeport artifact")
-    _fetch(store, cfg["digest"], int(cfg["size"]), None)
-    executable = _executables(manifest)
-    with staging(Path(out), force) as tmp, Progress() as progress:
-        bar = progress.task("downloading", sum(f.size for f in files))
-        for f in files:
-            dst = tmp / f.path
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _fetch(store, f.digest, f.size, dst, bar.advance)
-            if f.path in executable:  # the kit's scripts stay runnable
-                os.chmod(dst, 0o777 & ~umask())
-        verify_pulled(tmp, files)
-    return Path(out), _digest(raw)
-
-
-def _executables(manifest: dict) -> set[str]:
-    """Paths whose file metadata annotation has the owner's execute bit."""
-    out = set()
-    for layer in manifest.get("layers") or []:
-        ann = layer.get("annotations") or {}
-        try:
-            mode = int(json.loads(ann.get(formats.FILE_METADATA, "{}")).get("mode", 0))
-        except (ValueError, TypeError, AttributeError):
-            continue
-        if mode & 0o100 and formats.FILEPATH in ann:
-            out.add(ann[formats.FILEPATH])
-    return out
+    cfg = {"digest": str(cfg["digest"]), "size": int(cfg["size"])}
+    if not cfg["digest"].startswith("sha256:") or cfg["size"] < 0:
+        raise ValueError(cfg)
+    return files, cfg
 
 
 def _fetch(store: Store, digest: str, size: int, dst: Path | None, advance=lambda n: None) -> None:

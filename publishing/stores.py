@@ -65,6 +65,13 @@ class LayoutStore:
 
     def __init__(self, root: Path, create: bool):
         self.root = Path(root)
+        try:
+            self._open(create)
+        except OSError as e:
+            raise PublishError(f"{self.root}: cannot {'create' if create else 'read'} an OCI image layout there "
+                               f"({e.strerror or type(e).__name__})") from None
+
+    def _open(self, create: bool) -> None:
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
@@ -126,7 +133,12 @@ class LayoutStore:
 
     def _index(self) -> list[dict]:
         try:
-            return json.loads((self.root / "index.json").read_text())["manifests"]
+            manifests = json.loads((self.root / "index.json").read_text())["manifests"]
+            if not isinstance(manifests, list) or not all(
+                    isinstance(d, dict) and isinstance(d.get("digest"), str)
+                    and isinstance(d.get("annotations", {}), dict) for d in manifests):
+                raise ValueError("not a list of descriptors")
+            return manifests
         except (OSError, ValueError, KeyError, TypeError):
             raise PublishError(f"{self.root}/index.json is not a valid OCI image index") from None
 
@@ -165,6 +177,17 @@ USER_ENV, PASSWORD_ENV = "EDGEPORT_REGISTRY_USER", "EDGEPORT_REGISTRY_PASSWORD"
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 120.0
 TRANSIENT = {408, 429, 500, 502, 503, 504}
 ATTEMPTS, BACKOFF = 4, 1.0  # 1, 2, 4 s between attempts
+BACKOFF_ENV = "EDGEPORT_RETRY_BACKOFF"  # the base delay in seconds (tests make it short)
+RETRY_AFTER_CAP = 30.0  # a registry's Retry-After is honoured up to this many seconds
+
+
+def backoff(attempt: int) -> float:
+    """The wait before attempt `attempt + 1`: BACKOFF (or $EDGEPORT_RETRY_BACKOFF) * 2**attempt."""
+    try:
+        base = float(os.environ.get(BACKOFF_ENV, BACKOFF))
+    except ValueError:
+        raise PublishError(f"{BACKOFF_ENV} must be a number of seconds, not {os.environ[BACKOFF_ENV]!r}") from None
+    return max(base, 0.0) * 2**attempt
 
 
 def _registry_class():
@@ -180,11 +203,14 @@ def _registry_class():
     class Registry(oras.provider.Registry):
         basic = False
 
-        def do_request(self, url, method="GET", data=None, headers=None, json=None, stream=False):
+        def do_request(self, url, method="GET", data=None, headers=None, json=None, stream=False, retry=True):
+            """One request, retried (bounded, exponential, Retry-After honoured) on a transient
+            status or a dropped connection when its body can be sent again; a streamed body
+            (`retry=False`) is tried once and its caller replays it from disk."""
             headers = dict(headers or {})
             if self.basic and getattr(self.auth, "_basic_auth", None):
                 headers.update(self.auth.get_auth_header())  # before a body is sent, not after a 401
-            replayable = data is None or isinstance(data, bytes | str | dict)
+            replayable = retry and (data is None or isinstance(data, bytes | str | dict))
             for attempt in range(ATTEMPTS):
                 last = attempt == ATTEMPTS - 1 or not replayable
                 try:
@@ -194,10 +220,10 @@ def _registry_class():
                 except (requests.ConnectionError, requests.Timeout):
                     if last:
                         raise
-                    time.sleep(BACKOFF * 2**attempt)
+                    time.sleep(backoff(attempt))
                     continue
                 if r.status_code in TRANSIENT and not last:
-                    time.sleep(_retry_after(r, BACKOFF * 2**attempt))
+                    time.sleep(_retry_after(r, backoff(attempt)))
                     continue
                 return r
             raise AssertionError("unreachable")
@@ -206,10 +232,20 @@ def _registry_class():
 
 
 def _retry_after(r, default: float) -> float:
-    try:
-        return min(float(r.headers.get("Retry-After", default)), 30.0)
-    except ValueError:
+    """Retry-After in seconds (RFC 9110: delta-seconds or an HTTP date), capped; else `default`."""
+    value = (r.headers.get("Retry-After") or "").strip()
+    if not value:
         return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 class _TimeoutSession:
@@ -311,25 +347,35 @@ class RegistryStore:
         self._check(r, f"check blob {digest}")
         return int(r.headers.get("Content-Length", -1)) == size
 
-    def _upload(self, data, digest: str, size: int) -> None:
+    def _session(self) -> str:
+        """POST a new upload session; its location."""
         r = self.reg.do_request(self._url("blobs", "uploads/"), "POST",
                                 headers={"Content-Type": "application/octet-stream", "Content-Length": "0"})
         self._check(r, "start a blob upload")
         loc = self.reg._get_location(r, self.container)
         if not loc:
             raise PublishError(f"{self.host}: the registry gave no upload location")
-        import oras.utils
+        return loc
 
-        url = oras.utils.append_url_params(loc, {"digest": digest})
-        r = self.reg.do_request(url, "PUT", data=data,
-                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
-        self._check(r, f"upload blob {digest}")
-
-    def put_blob(self, path: Path, digest: str, size: int, advance: Advance) -> None:
-        """Monolithic upload (POST, then one streamed PUT): the form every registry accepts.
-        A transient failure restarts the blob, up to ATTEMPTS times."""
+    def _cancel(self, loc: str) -> None:
+        """Best effort: drop an upload session that failed (the registry would expire it)."""
         import requests
 
+        try:
+            self.reg.do_request(loc, "DELETE", retry=False)
+        except (requests.RequestException, PublishError):
+            pass
+
+    def _upload(self, opener, digest: str, size: int, name: str, advance: Advance = lambda n: None) -> None:
+        """Monolithic upload (POST, then one streamed PUT): the form every registry accepts.
+        The PUT's body is `opener()` (a context manager giving a fresh file-like or bytes each
+        time). A transient status (408, 429, 5xx) or a dropped connection cancels that session
+        and starts a new one, replaying the body from the start (from disk for a file), up to
+        ATTEMPTS times with exponential backoff (Retry-After honoured, capped); then one line."""
+        import oras.utils
+        import requests
+
+        failure = ""
         for attempt in range(ATTEMPTS):
             sent = 0
 
@@ -338,19 +384,44 @@ class RegistryStore:
                 sent += n
                 _a(n)
 
+            loc = None
             try:
-                with open(path, "rb") as f:
-                    self._upload(_Reader(f, size, counted), digest, size)
-                return
-            except (requests.ConnectionError, requests.Timeout):
-                advance(-sent)
-                if attempt == ATTEMPTS - 1:
-                    raise PublishError(f"{self.host}: upload of {path.name} kept failing; giving up") from None
-                time.sleep(BACKOFF * 2**attempt)
+                loc = self._session()
+                url = oras.utils.append_url_params(loc, {"digest": digest})
+                with opener(counted) as body:
+                    r = self.reg.do_request(url, "PUT", data=body, retry=False,
+                                            headers={"Content-Type": "application/octet-stream",
+                                                     "Content-Length": str(size)})
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                failure, wait = f"connection failed: {type(e).__name__}", backoff(attempt)
+            else:
+                if r.status_code not in TRANSIENT:
+                    self._check(r, f"upload {name}")
+                    return
+                failure, wait = f"HTTP {r.status_code}", _retry_after(r, backoff(attempt))
+            advance(-sent)
+            if loc:
+                self._cancel(loc)
+            if attempt < ATTEMPTS - 1:
+                time.sleep(wait)
+                if self.has_blob(digest, size):  # the last try landed; only its answer was lost
+                    advance(size)
+                    return
+        raise PublishError(f"{self.host}: upload of {name} failed {ATTEMPTS} times ({failure}); giving up")
+
+    def put_blob(self, path: Path, digest: str, size: int, advance: Advance) -> None:
+        """Stream `path` (monolithic upload), replayed from disk on a transient failure."""
+
+        @contextlib.contextmanager
+        def opener(counted):
+            with open(path, "rb") as f:
+                yield _Reader(f, size, counted)
+
+        self._upload(opener, digest, size, path.name, advance)
 
     def put_bytes(self, data: bytes, digest: str) -> None:
         if not self.has_blob(digest, len(data)):
-            self._upload(data, digest, len(data))
+            self._upload(lambda counted: contextlib.nullcontext(data), digest, len(data), f"blob {digest}")
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> None:
         r = self.reg.do_request(self._url("manifests", reference), "PUT", data=data,

@@ -9,6 +9,13 @@ Two engines over one model directory:
 
 Execution providers: `ep="cpu" | "cuda" | "tensorrt"`; an EP this onnxruntime build lacks falls
 back to the next one with a warning naming the EP actually used.
+
+Context: `n_ctx` (serve's --ctx; default and at most the model's context) caps a request's
+prompt + max_new_tokens; more raises ContextLengthExceeded before any work. Each generation is
+sized by its request: onnxruntime-genai gets max_length = prompt + max_new_tokens, not n_ctx nor
+the model's context, because with past_present_share_buffer it allocates the whole KV cache for
+max_length up front (`genai_kv_bytes`; gpt-oss-20b's 131,072 tokens would be 12.9 GB of fp32 KV
+per request, a 4096-token request 0.4 GB). planning/kv.onnx_kv plans the same bytes at n_ctx.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import RuntimeUnavailable
+from export.errors import EdgeportError, RuntimeUnavailable
 
 from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
 
@@ -31,6 +38,27 @@ PROVIDERS = {
 }
 GENAI_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "NvTensorRtRtx"}
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}  # KV-cache input types
+DEFAULT_CTX = 4096  # a graph that states no context (standard-op graphs without max_position_embeddings)
+
+
+class ContextLengthExceeded(EdgeportError, ValueError):
+    """A request's prompt + max_new_tokens does not fit the runtime's context (n_ctx): the
+    request is at fault, not the server (serving answers 400, context_length_exceeded)."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, n_ctx: int):
+        self.prompt_tokens, self.max_new_tokens, self.n_ctx = prompt_tokens, max_new_tokens, n_ctx
+        super().__init__(f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_new_tokens}) is "
+                         f"{prompt_tokens + max_new_tokens} tokens; this runtime's context is {n_ctx} tokens")
+
+
+def genai_kv_bytes(genai_config: dict, max_length: int, dtype_bytes: int, batch: int = 1) -> int:
+    """The KV cache onnxruntime-genai allocates for one generator of `max_length` tokens when
+    past and present share a buffer (`search.past_present_share_buffer`, the builder's default
+    for GroupQueryAttention graphs): K and V of [batch, kv_heads, max_length, head_size] in every
+    layer, in the graph's KV dtype (fp32 for CPU graphs, fp16 for CUDA). The plain cache edgeport
+    builds (windowed_kv_cache=false) gives sliding-window layers the full length too."""
+    d = genai_config["model"]["decoder"]
+    return batch * d["num_key_value_heads"] * max_length * d["head_size"] * 2 * d["num_hidden_layers"] * dtype_bytes
 
 
 def _require_ort():
@@ -59,7 +87,7 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
     name = "onnxruntime"
 
     def __init__(self, model_dir: str | Path, info: ModelInfo | None = None, *, ep: str = "cpu",
-                 threads: int = 0, **_ignored):
+                 threads: int = 0, n_ctx: int | None = None, **_ignored):
         from .reference import model_info_from_hf
 
         ort = _require_ort()
@@ -80,12 +108,59 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         self._genai_config = self.dir / "genai_config.json"
         self._og_model = None
         self._head_dim = self._read_head_dim()
+        self.model_ctx = self._read_model_ctx()
+        if n_ctx is not None and n_ctx < 1:
+            raise ValueError(f"n_ctx must be positive, not {n_ctx}")
+        self.n_ctx = min(n_ctx or self.model_ctx, self.model_ctx)
+        kv_types = {self._inputs[n].type for n in self._past}
+        self.kv_dtype_bytes = np.dtype(ORT_TYPES.get(next(iter(kv_types), ""), np.float32)).itemsize
+        self._next_length: int | None = None  # the max_length stream_ids / greedy size the next generation for
+        self.last_max_length: int | None = None  # what the last genai generator was created with
 
     def _read_head_dim(self) -> int:
         if self._genai_config.is_file():
             return json.loads(self._genai_config.read_text())["model"]["decoder"]["head_size"]
         cfg = json.loads((self.dir / "config.json").read_text())
         return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+    def _read_model_ctx(self) -> int:
+        if self._genai_config.is_file():
+            if ctx := json.loads(self._genai_config.read_text())["model"].get("context_length"):
+                return int(ctx)
+        cfg = self.dir / "config.json"
+        return int((json.loads(cfg.read_text()) if cfg.is_file() else {}).get("max_position_embeddings")
+                   or DEFAULT_CTX)
+
+    # --- context ----------------------------------------------------------------------------
+    def max_length_for(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """The tokens a request needs (prompt + max_new_tokens), or ContextLengthExceeded."""
+        if prompt_tokens + max_new_tokens > self.n_ctx:
+            raise ContextLengthExceeded(prompt_tokens, max_new_tokens, self.n_ctx)
+        return prompt_tokens + max(max_new_tokens, 1)  # the first logits are computed even for 0
+
+    def kv_bytes(self, max_length: int) -> int | None:
+        """KV bytes a genai generator of `max_length` tokens allocates (None: not a genai graph)."""
+        if not self._genai_config.is_file():
+            return None
+        return genai_kv_bytes(json.loads(self._genai_config.read_text()), max_length, self.kv_dtype_bytes)
+
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, *args, **kwargs):
+        length = self.max_length_for(len(ids), max_new_tokens)  # raised here, before any work
+        return self._sized(length, super().stream_ids(ids, max_new_tokens, *args, **kwargs))
+
+    def _sized(self, length: int, pieces):
+        self._next_length = length  # read by _decode when the shared loop starts it
+        try:
+            yield from pieces
+        finally:
+            self._next_length = None
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        self._next_length = self.max_length_for(len(prompt_ids), n)
+        try:
+            return super().greedy(prompt_ids, n)
+        finally:
+            self._next_length = None
 
     # --- plain session --------------------------------------------------------------------
     def _feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict:
@@ -115,9 +190,15 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         return logits.astype(np.float32)
 
     # --- generation -----------------------------------------------------------------------
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_length: int | None = None) -> Generator[np.ndarray, int, None]:
+        """`max_length`: the tokens this generation may reach, prompt included (stream_ids and
+        greedy pass their request's; a direct caller without one gets n_ctx, all allocated up
+        front: pass the prompt + the tokens wanted)."""
+        length, self._next_length = max_length or self._next_length or self.n_ctx, None
+        if len(prompt_ids) >= length or length > self.n_ctx:
+            raise ContextLengthExceeded(len(prompt_ids), max(length - len(prompt_ids), 1), self.n_ctx)
         if self._genai_config.is_file():
-            yield from self._decode_genai(prompt_ids)
+            yield from self._decode_genai(prompt_ids, length)
         else:
             yield from self._decode_session(prompt_ids)
 
@@ -142,13 +223,14 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
             self._og_model = og.Model(cfg)
         return self._og_model
 
-    def _decode_genai(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode_genai(self, prompt_ids: list[int], max_length: int) -> Generator[np.ndarray, int, None]:
         import onnxruntime_genai as og
 
         model = self._genai()
-        ctx = json.loads(self._genai_config.read_text())["model"].get("context_length", 4096)
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=ctx, do_sample=False)
+        # the KV cache is allocated for max_length up front: the request's tokens, not the model's context
+        params.set_search_options(max_length=max_length, do_sample=False)
+        self.last_max_length = max_length
         gen = og.Generator(model, params)
         try:
             gen.append_tokens(np.asarray(prompt_ids, np.int32))

@@ -14,7 +14,7 @@ import runtimes
 from export import onnx_graph
 from export.errors import QuantizationError, TargetError
 from export.onnx_export import check_builder_input, transformers4_input
-from export.pipeline import export
+from export.pipeline import export, source_location
 from runtimes.reference import ReferenceRuntime
 
 pytestmark = pytest.mark.toolenv
@@ -100,7 +100,7 @@ def test_stream_and_chat_through_the_common_interface(llama_int8, gpt_oss_int8):
     with runtimes.load(llama_int8[0]) as rt:
         text = rt.generate("Once upon a time", max_new_tokens=12)
         assert text and isinstance(text, str)
-    with runtimes.load(gpt_oss_int8[0]) as rt, ReferenceRuntime(Path(gpt_oss_int8[1]["source"]["path"])) as ref:
+    with runtimes.load(gpt_oss_int8[0]) as rt, ReferenceRuntime(Path(source_location(gpt_oss_int8[1]))) as ref:
         msgs = [{"role": "user", "content": "Say hi."}]
         assert rt.format_prompt(msgs, "fast") == ref.format_prompt(msgs, "low")
         assert "".join(rt.stream(msgs, max_new_tokens=8, reasoning_effort="deep"))

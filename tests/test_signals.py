@@ -1,9 +1,16 @@
 """Real signals against `invoke export` in a subprocess, sent while a phase is running: during
-conversion, during llama.cpp's quantizer (a C call that calls back into Python to log, where an
-exception cannot be raised) and during a tool-env exporter (a process group of its own). Every
-case: exit 128 + the signal (130 / 143), one line on stderr and no traceback, the previous
-artifact at --out intact byte for byte, no `.partial-*` / `.old-*` beside it, and no process of
-the tool left running."""
+conversion, during the importance matrix, in the quantize step and during a tool-env exporter (a
+process group of its own). Every case: exit 128 + the signal (130 / 143), one line on stderr and no
+traceback, the previous artifact at --out intact byte for byte, no `.partial-*` / `.old-*` beside
+it, and no process of the tool left running.
+
+No case races the export: the GGUF cases make it wait inside the phase (the test-only pause
+point of export/progress.py, EDGEPORT_TEST_PAUSE_AT / EDGEPORT_TEST_PAUSE_FILE) until the signal
+comes, the tool cases' fake tool runs for ten minutes, and each case has its own copy of the
+previous artifact, so one that went wrong cannot change what the others compare against. A
+signal inside a C call (llama.cpp's quantizer, which calls back into Python only to log) is
+raised deterministically from that callback in-process
+(test_signal_inside_llama_cpps_quantizer_surfaces_when_the_step_ends)."""
 
 from __future__ import annotations
 
@@ -74,7 +81,11 @@ class Export:
     """`invoke export ...` in its own session (so the test can Ctrl-C its process group),
     stderr read line by line as it comes."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, pause_at: str | None = None,
+                 pause_file: Path | None = None):
+        if pause_at is not None:  # export/progress.py's test-only pause point
+            env = {**(env or {}), "EDGEPORT_TEST_PAUSE_AT": pause_at, "EDGEPORT_TEST_PAUSE_FILE": str(pause_file)}
+        self.pause_file = pause_file
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "invoke", "export", *args], cwd=ROOT, text=True, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -95,6 +106,17 @@ class Export:
                                      + "\n".join(self.lines))
             return any(re.search(pattern, line) for line in self.lines)
         _until(seen, timeout, f"/{pattern}/ on stderr")
+
+    def wait_paused(self, timeout: float = 300) -> str:
+        """Until the export waits at its pause point; returns the pause point's label."""
+        def paused():
+            if self.pause_file.is_file():
+                return self.pause_file.read_text().split(" ", 1)[1].strip()
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"export ended (exit {self.proc.returncode}) before pausing:\n"
+                                     + "\n".join(self.lines))
+            return None
+        return _until(paused, timeout, f"the export to pause ({self.pause_file})")
 
     def send(self, how: str) -> None:
         self.sent_at = len(self.lines)
@@ -131,39 +153,24 @@ def run():
 
 
 @pytest.fixture(scope="module")
-def big_llama(tmp_path_factory) -> Path:
-    """A randomly initialised Llama big enough (~80 M parameters, BF16) that conversion takes
-    a few seconds and llama.cpp's Q4_K_M quantization longer on 2 cores (the signal must land
-    inside the phase, not after it); the tiny Llama's tokenizer and vocabulary size."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tiny = json.loads((LLAMA / "config.json").read_text())
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                      num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=False,
-                      **{k: tiny[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")})
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("big") / "random-llama"
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    model.save_pretrained(d)
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
-        shutil.copy(LLAMA / f, d / f)
-    return d
-
-
-@pytest.fixture(scope="module")
-def previous(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A finished artifact at --out, which every interrupted `--force` re-export must leave as it was."""
+def pristine(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A finished artifact, exported once; each case gets its own copy (`previous`)."""
     from export.pipeline import export
 
     out = tmp_path_factory.mktemp("prev") / "artifact"
     export(str(LLAMA), "cpu", out, parity=False)
     return out, _tree(out)
+
+
+@pytest.fixture
+def previous(pristine, tmp_path) -> tuple[Path, dict[str, str]]:
+    """This case's finished artifact at --out (alone in its directory), which its interrupted
+    `--force` re-export must leave as it was."""
+    src, tree = pristine
+    out = tmp_path / "out" / "artifact"
+    shutil.copytree(src, out)
+    assert _tree(out) == tree
+    return out, tree
 
 
 def _read(p: Path) -> str:
@@ -189,19 +196,24 @@ def _check_outcome(e: Export, how: str, previous) -> None:
     assert _tree(out) == before
 
 
+# phase -> the step line, and the pause point the export waits at (a regex on its label, see
+# export/progress.py): inside the phase, with its work under way
 GGUF_PHASES = {
-    # the step line, then proof the phase is under way: the file it writes in the staging dir, or
-    # (the importance matrix, written only at its end) its first progress line
-    "convert": (r"^converting random-llama to GGUF F16$", ".work/random-llama-F16.gguf"),
-    "imatrix": (r"^importance matrix: random-llama on calibration\.jsonl", r"^  importance matrix: 1/\d+ chunks$"),
-    "quantize": (r"^quantizing with llama\.cpp to Q4_K_M with the importance matrix$", "random-llama-Q4_K_M.gguf"),
+    # the F16 GGUF half written: after its first tensor
+    "convert": (r"^converting tiny-llama to GGUF F16$", r"^progress: writing tiny-llama-F16\.gguf$"),
+    # after the first calibration chunk
+    "imatrix": (r"^importance matrix: tiny-llama on calibration\.jsonl", r"^progress: importance matrix: \d+ chunks$"),
+    # entering the quantizer's step (a signal inside its C call: the in-process test below)
+    "quantize": (r"^quantizing with llama\.cpp to Q4_K_M with the importance matrix$",
+                 r"^step: quantizing with llama\.cpp to Q4_K_M"),
 }
+UNDER_WAY = {"convert": ".work/tiny-llama-F16.gguf", "imatrix": None, "quantize": None}
 
 
 @pytest.fixture(scope="module")
 def short_calibration(tmp_path_factory) -> Path:
     """Three chunks' worth of the shipped calibration text: the quantize phase is reached in
-    seconds instead of the minutes the full set takes on this model."""
+    seconds instead of the time the full set takes."""
     from export.imatrix import DEFAULT_CALIBRATION
 
     texts = [json.loads(line)["text"] for line in DEFAULT_CALIBRATION.read_text().splitlines() if line.strip()]
@@ -212,22 +224,63 @@ def short_calibration(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", list(GGUF_PHASES))
-def test_gguf_export_interrupted(phase, how, big_llama, short_calibration, previous, run):
+def test_gguf_export_interrupted(phase, how, short_calibration, previous, run, tmp_path):
     out = previous[0]
     calibration = ["--calibration", str(short_calibration)] if phase == "quantize" else []
-    e = run("--target", "cpu", "--model", str(big_llama), "--out", str(out), "--force", "--no-parity", *calibration)
-    step, under_way = GGUF_PHASES[phase]
-    e.wait_for(step)
-    if under_way.startswith("^"):
-        e.wait_for(under_way)
-    else:
-        _until(lambda: (p := _partial(out)) and (p / under_way).is_file() and (p / under_way).stat().st_size > 2**20,
-               60, f"{under_way} being written")
+    step, pause_at = GGUF_PHASES[phase]
+    e = run("--target", "cpu", "--model", str(LLAMA), "--out", str(out), "--force", "--no-parity", *calibration,
+            pause_at=pause_at, pause_file=tmp_path / "paused")
+    label = e.wait_paused()
+    assert re.search(pause_at, label), label
+    e.wait_for(step, 30)  # printed before the pause: the reader thread may still be catching up
+    if UNDER_WAY[phase]:
+        assert (p := _partial(out)) and (p / UNDER_WAY[phase]).stat().st_size > 0
     e.send(how)
     _check_outcome(e, how, previous)
     later = {"convert": r"^(importance matrix|quantizing)", "imatrix": r"^(importance matrix: \d+ chunks|quantizing)"}
     if phase in later:  # stopped during the phase, not after it
         assert not any(re.search(later[phase], line) for line in e.lines), "\n".join(e.lines)
+
+
+def test_signal_inside_llama_cpps_quantizer_surfaces_when_the_step_ends(previous, gguf_dir, monkeypatch, capfd):
+    """llama.cpp's quantizer is one C call; Python runs during it only in llama.cpp's log
+    callback, where an exception cannot propagate (ctypes prints and drops it). A SIGINT landing
+    there (raised from that callback on its first line: no race) must still stop the export when
+    the step ends, silently, and leave --out as it was."""
+    import llama_cpp
+
+    from export import atomic, llama_log
+    from export.gguf_quantize import quantize
+    from export.progress import step
+    from tests.conftest import gguf_of
+
+    f16 = gguf_of(LLAMA, gguf_dir)
+    out, before = previous
+    fired, returned = [], []
+    real_init = llama_log.LlamaLog.__init__
+
+    def init(self):
+        real_init(self)
+
+        @llama_cpp.llama_log_callback
+        def cb(level, text, user_data):
+            self.lines.append(text.decode("utf-8", "replace"))
+            if not fired:
+                fired.append(text)
+                signal.raise_signal(signal.SIGINT)  # its handler raises here, inside the C call
+
+        self.cb = cb
+
+    monkeypatch.setattr(llama_log.LlamaLog, "__init__", init)
+    with pytest.raises(KeyboardInterrupt) as e, atomic.staging(out, force=True) as tmp:
+        with step("quantizing with llama.cpp to Q4_K_M"):
+            quantize(f16, tmp / "q.gguf", "Q4_K_M")
+            returned.append(True)  # the C call ran to its end: nothing could stop it
+        raise AssertionError("the step ended without raising the interrupt")
+    assert fired and returned and atomic.signal_of(e.value) == signal.SIGINT
+    assert "Traceback" not in capfd.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    assert _tree(out) == before
 
 
 FAKE_TOOL = """#!/bin/bash

@@ -65,13 +65,14 @@ def poison_gguf(path: Path) -> str:
 
 
 def poison_onnx(d: Path) -> str:
+    """The lm_head's first block scale (MatMulNBits' float scales) set to NaN: token 0's logit
+    is NaN everywhere. (A NaN norm weight vanishes: accuracy_level 4 quantizes activations to
+    int8, as llama.cpp does.)"""
     import onnx
 
     m = onnx.load(str(d / "model.onnx"), load_external_data=False)
-    norms = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and "norm" in t.name
-             and any(kv.key == "location" for kv in t.external_data)]
-    assert norms, "no external float norm initializer"
-    t = norms[-1]  # the final norm comes last
+    t = next(t for t in m.graph.initializer if t.name.startswith("lm_head") and t.name.endswith("_scales"))
+    assert t.data_type == onnx.TensorProto.FLOAT, t.data_type
     ext = {kv.key: kv.value for kv in t.external_data}
     with open(d / ext["location"], "r+b") as fh:
         fh.seek(int(ext.get("offset", 0)))
