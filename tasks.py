@@ -38,6 +38,73 @@ def _cli(fn):
     return wrapper
 
 
+def _one_line_usage_errors() -> None:
+    """Invoke answers a malformed typed option (`--port abc`, `--temperature hot`) with a ValueError
+    traceback, and its own parse errors (an unknown flag, a flag without its value, a missing
+    --artifact) with exit 1. Every edgeport command answers a usage mistake with one line on stderr
+    and exit 2, as `python -m serving` (argparse) does: both become invoke's Exit(message, 2)."""
+    import re
+
+    from invoke.exceptions import ParseError
+    from invoke.parser import Argument, Parser
+
+    if getattr(Argument.set_value, "edgeport", False):
+        return
+    set_value, parse_argv = Argument.set_value, Parser.parse_argv
+
+    def checked_set_value(self, value, cast=True):
+        try:
+            set_value(self, value, cast)
+        except (TypeError, ValueError):
+            kind = {int: "an integer", float: "a number"}.get(self.kind, getattr(self.kind, "__name__", "a value"))
+            raise Exit(f"edgeport: error: --{self.name.replace('_', '-')} takes {kind}, not {value!r}",
+                       code=2) from None
+
+    def checked_parse_argv(self, argv):
+        try:
+            return parse_argv(self, argv)
+        except ParseError as e:  # invoke names a flag by its repr: "<Argument: port (p) [int]>"
+            msg = re.sub(r"<Argument: (\w+)[^>]*>", lambda m: "--" + m[1].replace("_", "-"), str(e))
+            raise Exit(f"edgeport: error: {msg}", code=2) from None
+
+    checked_set_value.edgeport = True
+    Argument.set_value, Parser.parse_argv = checked_set_value, checked_parse_argv
+
+
+_one_line_usage_errors()
+
+
+def _number(option: str, value, kind=int, *, least=None, most=None, above=None):
+    """An option's value as `kind`, in range; a user mistake is an EdgeportError (one line, exit 2).
+    `least`/`most`: inclusive bounds; `above`: exclusive lower bound."""
+    from export.errors import EdgeportError
+
+    name = f"--{option.replace('_', '-')}"
+    try:
+        v = kind(str(value).strip()) if not isinstance(value, kind) or isinstance(value, bool) else value
+    except ValueError:
+        raise EdgeportError(f"{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None
+    if kind is float and v != v:  # NaN compares false with every bound
+        raise EdgeportError(f"{name} takes a number, not {value!r}")
+    if least is not None and v < least:
+        raise EdgeportError(f"{name} must be at least {least}, not {value}")
+    if above is not None and v <= above:
+        raise EdgeportError(f"{name} must be more than {above}, not {value}")
+    if most is not None and v > most:
+        raise EdgeportError(f"{name} must be at most {most}, not {value}")
+    return v
+
+
+def _existing(option: str, path) -> Path:
+    """A path the user named that must exist (an artifact, a model, a file)."""
+    from export.errors import EdgeportError
+
+    p = Path(path)
+    if not p.exists():
+        raise EdgeportError(f"--{option.replace('_', '-')} {path}: no such file or directory")
+    return p
+
+
 def _stdout():
     """A command's result (tables, summaries) goes to stdout; progress and errors to stderr."""
     from rich.console import Console
@@ -160,9 +227,11 @@ def toolenvs(c, setup=None, clear=None, clear_all=False):
 
 @task(help={"artifact": "an artifact directory made by `invoke export`",
             "device_output": "jetson: the device_output.json the kit's run.sh wrote on the device; "
-                             "compares the device's own output with the reference (device_parity.json)"})
+                             "compares the device's own output with the reference (device_parity.json)",
+            "source": "the source checkpoint (directory or hub id); default: the hub id the manifest names, or the "
+                      "local directory this machine exported it from (found by the source's content digest)"})
 @_cli
-def parity(c, artifact, device_output=None):
+def parity(c, artifact, device_output=None, source=None):
     """Re-run the parity gate on an artifact against its source; writes parity.json.
 
     With --device-output: compare what the Jetson produced (run.sh) with the reference instead,
@@ -174,12 +243,12 @@ def parity(c, artifact, device_output=None):
     from export.pipeline import device_parity, parity_for_artifact
 
     if device_output:
-        report = device_parity(Path(artifact), Path(device_output))
+        report = device_parity(Path(artifact), Path(device_output), source)
         print(json.dumps({k: v for k, v in report.items() if k != "prompts"}, indent=2))
         if not report["passed"]:
             raise Exit(code=1)
         return
-    report = parity_for_artifact(Path(artifact))
+    report = parity_for_artifact(Path(artifact), source)
     if not report["passed"]:
         print("edgeport: parity failed", file=sys.stderr)
         raise Exit(code=1)
@@ -188,28 +257,40 @@ def parity(c, artifact, device_output=None):
 @task(help={
     "artifact": "artifact directory, HF checkpoint directory or .gguf file",
     "prompt": "the prompt text",
-    "chat": "treat --prompt as a user chat message (harmony for gpt-oss, else the chat template)",
+    "chat": "treat --prompt as a user chat message (harmony for gpt-oss, else the chat template); gpt-oss "
+            "reasoning is shown after 'thinking:', apart from the answer after 'assistant:', as in invoke chat",
+    "raw": "with --chat: print the model's raw output, harmony markers (<|channel|>…) and all",
     "reasoning_effort": "gpt-oss: low|medium|high (or fast|balanced|deep)",
-    "max_new_tokens": "tokens to generate", "temperature": "0 = greedy", "top_p": "nucleus sampling",
+    "max_new_tokens": "tokens to generate", "temperature": "0 = greedy", "top_p": "nucleus sampling, in (0, 1]",
     "seed": "sampling seed", "stop": "a stop string",
 })
 @_cli
 def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=64, temperature=0.0,
-        top_p=1.0, seed=0, stop=None):
+        top_p=1.0, seed=0, stop=None, raw=False):
     """Stream a completion from an artifact through its runtime."""
+    from serving.chat import effort_or_error
+
+    effort_or_error(reasoning_effort)
+    max_new_tokens = _number("max_new_tokens", max_new_tokens, least=1)
+    temperature = _number("temperature", temperature, float, least=0.0, most=2.0)
+    top_p = _number("top_p", top_p, float, above=0.0, most=1.0)
+    seed = _number("seed", seed, least=0, most=2**32 - 1)
+    _existing("artifact", artifact)
     _quiet_libs()
     import runtimes
-    from export.errors import EdgeportError
-    from runtimes.chat import normalize_effort
+    from serving.chat import Reply
 
-    try:
-        normalize_effort(reasoning_effort)
-    except ValueError as e:  # a user mistake: one line, exit 2
-        raise EdgeportError(str(e)) from None
     with runtimes.load(artifact) as rt:
         p = [{"role": "user", "content": prompt}] if chat else prompt
-        for piece in rt.stream(p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               seed=seed, stop=[stop] if stop else [], reasoning_effort=reasoning_effort):
+        pieces = rt.stream(p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           seed=seed, stop=[stop] if stop else [], reasoning_effort=reasoning_effort)
+        if chat and not raw:  # gpt-oss: reasoning apart from the answer, no harmony marker shown
+            reply = Reply(sys.stdout, harmony=rt.info.chat_format == "harmony", label_plain=False)
+            for piece in pieces:
+                reply.feed(piece)
+            reply.finish()
+            return
+        for piece in pieces:
             print(piece, end="", flush=True)
         print()
 
@@ -231,12 +312,15 @@ def serve(c, artifact, host="127.0.0.1", port=8000, parallel=None, queue=16, ctx
     """Serve an artifact over an OpenAI-compatible API: /v1/chat/completions (gpt-oss reasoning
     effort low|medium|high or fast|balanced|deep; reasoning in `reasoning_content`), /v1/completions,
     /v1/models, /health. Same as `python -m serving` (for devices without Invoke)."""
-    _quiet_libs()
     from serving.server import serve as do_serve
 
-    do_serve(Path(artifact), host=host, port=int(port), parallel=int(parallel) if parallel else None,
-             queue=int(queue), ctx=int(ctx) if ctx else None, api_key_env=api_key_env,
-             threads=int(threads) if threads else None)
+    # every number checked before anything loads (serve() checks the ranges, the ports and the key)
+    opt = lambda name, v: None if v is None else _number(name, v)
+    port, queue = _number("port", port), _number("queue", queue)
+    parallel, ctx, threads = opt("parallel", parallel), opt("ctx", ctx), opt("threads", threads)
+    _quiet_libs()
+    do_serve(Path(artifact), host=host, port=port, parallel=parallel, queue=queue, ctx=ctx, api_key_env=api_key_env,
+             threads=threads)
 
 
 @task(help={
@@ -248,11 +332,17 @@ def serve(c, artifact, host="127.0.0.1", port=8000, parallel=None, queue=16, ctx
 def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0):
     """Chat with an artifact in the terminal: multi-turn, streaming, gpt-oss reasoning shown
     apart from the answer. Commands: /effort low|medium|high, /reset, /exit (or Ctrl-D)."""
-    _quiet_libs()
     from serving.chat import chat as do_chat
+    from serving.chat import effort_or_error
 
-    do_chat(artifact, reasoning_effort=reasoning_effort, max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature), seed=int(seed))
+    effort_or_error(reasoning_effort)
+    max_new_tokens = _number("max_new_tokens", max_new_tokens, least=1)
+    temperature = _number("temperature", temperature, float, least=0.0, most=2.0)
+    seed = _number("seed", seed, least=0, most=2**32 - 1)
+    _existing("artifact", artifact)
+    _quiet_libs()
+    do_chat(artifact, reasoning_effort=reasoning_effort, max_new_tokens=max_new_tokens, temperature=temperature,
+            seed=seed)
 
 
 URI_HELP = ("hf://org/name[@revision] (Hugging Face Hub; HF_TOKEN), oci://host[:port]/repo[:tag] (any OCI "
@@ -335,8 +425,10 @@ def plan(c, device, model, target=None, context=None, concurrency=1, quantizatio
     from planning.memory import plan as make_plan
     from planning.report import render
 
-    p = make_plan(model, device, target=target, context=int(context) if context else None,
-                  concurrency=int(concurrency), quantization=quantization, llama_server=llama_server)
+    context = None if context is None else _number("context", context, least=1)
+    concurrency = _number("concurrency", concurrency, least=1)
+    p = make_plan(model, device, target=target, context=context, concurrency=concurrency,
+                  quantization=quantization, llama_server=llama_server)
     if json_:
         print(json.dumps(p.to_json(), indent=2))
     else:
@@ -413,10 +505,35 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
     or a running server under load (--serve)."""
     from export.errors import EdgeportError
 
-    _quiet_libs()
     chosen = [x for x in (artifact, compare, serve) if x]
     if len(chosen) != 1:
         raise EdgeportError("give exactly one of --artifact DIR, --compare DIR [--compare DIR …], --serve URL")
+    # every option checked before anything is measured (one line, exit 2)
+    reps = _number("reps", reps, least=1)
+    new_tokens = None if new_tokens is None else _number("new_tokens", new_tokens, least=1)
+    if artifact:
+        _existing("artifact", artifact)
+    for item in compare or []:
+        for d in item.split(","):
+            if d:
+                _existing("compare", d)
+    if out and not Path(out).resolve().parent.is_dir():
+        raise EdgeportError(f"--out {out}: no such directory {Path(out).resolve().parent}")
+    if serve:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(serve)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise EdgeportError(f"--serve takes a server's URL such as http://127.0.0.1:8000, not {serve!r}")
+        try:
+            u.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise EdgeportError(f"--serve {serve}: the port is not a number from 1 to 65535") from None
+        if endpoint not in ("chat", "completions"):
+            raise EdgeportError(f"--endpoint takes chat or completions, not {endpoint!r}")
+        requests = _number("requests", requests, least=1)
+        levels = [_number("clients", x, least=1) for x in str(clients).split(",")]
+    _quiet_libs()
     if artifact:
         from benchmarking.artifact import bench as run_bench
         from benchmarking.artifact import save
@@ -445,11 +562,7 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
         if api_key_env and not key:
             raise EdgeportError(f"{api_key_env} is not set")
         try:
-            levels = [int(x) for x in str(clients).split(",")]
-        except ValueError:
-            raise EdgeportError(f"--clients takes comma-separated integers, not {clients!r}") from None
-        try:
-            result = load(serve, levels, int(requests), int(new_tokens or 64), key, endpoint)
+            result = load(serve, levels, requests, new_tokens or 64, key, endpoint)
         except Exception as e:  # httpx's connection errors, a server that is not OpenAI-compatible
             raise EdgeportError(f"{serve}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         _print_serve(result)

@@ -1,19 +1,18 @@
 """Chat formatting and stop handling shared by every runtime.
 
-gpt-oss speaks harmony. `openai-harmony` is the canonical renderer, but it fetches its
-o200k vocabulary from the network on first use; where that fails we render the same
-text ourselves (tests pin the two against each other when the vocabulary is present).
+gpt-oss speaks harmony. We always render it ourselves (`render_harmony_own`): pure string
+work, no file and no network. `openai-harmony` is the canonical renderer, but it loads its
+o200k vocabulary on first use and downloads it when it is not there (behind a firewall that
+stalls, and it ran inside the server's event loop); it is used only as a test oracle
+(`render_harmony_official`; tests/test_harmony_offline.py pins the two against each other,
+string for string and token for token, wherever the vocabulary loads).
 Other families use the jinja chat template that ships with the checkpoint.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 REASONING_EFFORTS = {
     "low": "low", "medium": "medium", "high": "high",
@@ -71,24 +70,12 @@ def render_harmony_own(messages: Sequence[Message], effort: str, date: str | Non
     return "".join(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def harmony_encoding():
-    """openai-harmony's encoding, or None where its vocabulary cannot be loaded (offline)."""
-    try:
-        from openai_harmony import HarmonyEncodingName, load_harmony_encoding
-
-        return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
-    except Exception as e:  # any failure means "not available here"
-        log.info("openai-harmony unavailable (%s); using edgeport's own harmony renderer", e)
-        return None
-
-
-def render_harmony_official(messages: Sequence[Message], effort: str, date: str | None = None) -> str:
+def render_harmony_official_ids(messages: Sequence[Message], effort: str, date: str | None = None,
+                                *, encoding) -> list[int]:
+    """openai-harmony's token ids for the same conversation: a test oracle, never on a serving path.
+    `encoding`: a loaded `openai_harmony` encoding (loading one may download its vocabulary)."""
     import openai_harmony as oh
 
-    enc = harmony_encoding()
-    if enc is None:
-        raise RuntimeError("openai-harmony vocabulary is not available")
     sys_content = oh.SystemContent.new().with_reasoning_effort(
         {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM,
          "high": oh.ReasoningEffort.HIGH}[effort])
@@ -104,16 +91,20 @@ def render_harmony_official(messages: Sequence[Message], effort: str, date: str 
             msgs.append(oh.Message.from_role_and_content(oh.Role.ASSISTANT, m.content).with_channel("final"))
         else:
             raise ValueError(f"harmony has no role {m.role!r}")
-    ids = enc.render_conversation_for_completion(oh.Conversation.from_messages(msgs), oh.Role.ASSISTANT)
-    return enc.decode(ids)
+    return list(encoding.render_conversation_for_completion(oh.Conversation.from_messages(msgs), oh.Role.ASSISTANT))
+
+
+def render_harmony_official(messages: Sequence[Message], effort: str, date: str | None = None,
+                            *, encoding) -> str:
+    """openai-harmony's text for the same conversation (test oracle; see render_harmony_official_ids)."""
+    return encoding.decode(render_harmony_official_ids(messages, effort, date, encoding=encoding))
 
 
 def render_harmony(messages: Sequence[dict | Message], effort: str | None = None,
                    date: str | None = None) -> str:
-    msgs, eff = as_messages(messages), normalize_effort(effort)
-    if harmony_encoding() is not None:
-        return render_harmony_official(msgs, eff, date)
-    return render_harmony_own(msgs, eff, date)
+    """The harmony prompt: always our own renderer, so it is the same text with or without
+    openai-harmony's vocabulary and never touches a file or the network."""
+    return render_harmony_own(as_messages(messages), normalize_effort(effort), date)
 
 
 def render_template(template: str, messages: Sequence[dict | Message], *, bos_token: str = "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from runtimes.chat import HARMONY_STOP, render_harmony, render_template
@@ -112,6 +112,12 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         err = validation_error(list(e.errors()))
         return JSONResponse(err.body(), status_code=err.status)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, e: Exception):
+        # anything not answered above (an engine that fails to tokenize, …): still OpenAI's shape
+        err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
+        return JSONResponse(err.body(), status_code=500)
+
     @app.exception_handler(404)
     async def _not_found(req: Request, _e):
         return JSONResponse(APIError(404, f"unknown URL {req.method} {req.url.path}", code="unknown_url").body(),
@@ -141,7 +147,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         return _model_card(settings.model_id, created)
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
+    async def chat(req: ChatRequest, request: Request):
         _check_model(req.model, settings)
         msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
         info = engine.info
@@ -153,13 +159,13 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         else:
             raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
         gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
-        return await _respond(engine, gate, settings, req, gen, chat=True, harmony=harmony)
+        return await _respond(engine, gate, settings, req, gen, chat=True, harmony=harmony, request=request)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         _check_model(req.model, settings)
         gen = await _generation(engine, req, req.text(), plain=True)
-        return await _respond(engine, gate, settings, req, gen, chat=False, harmony=False)
+        return await _respond(engine, gate, settings, req, gen, chat=False, harmony=False, request=request)
 
     return app
 
@@ -245,20 +251,48 @@ class _Cutter:
 
 
 async def _respond(engine: Engine, gate: Gate, settings: Settings, req, gen: Generation, *, chat: bool,
-                   harmony: bool):
+                   harmony: bool, request: Request):
     gate.enter(settings.retry_after_s)
     try:
         if req.stream:
             return DisconnectAwareStream(_stream(engine, gate, req, gen, chat, harmony), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            return JSONResponse(await _whole(engine, req, gen, chat, harmony))
+            body = await _until_disconnect(request, _whole(engine, req, gen, chat, harmony))
         finally:
             gate.leave()
+        if body is None:  # the client went away: nobody reads this (nginx's "client closed request")
+            return Response(status_code=499)
+        return JSONResponse(body)
     except BaseException:
         if req.stream:
             gate.leave()
         raise
+
+
+async def _until_disconnect(request: Request, work) -> dict | None:
+    """`work`'s result, or None as soon as the client disconnects (`work` is then cancelled, which
+    closes the engine's stream and frees its slot). An engine failure is a 500 in OpenAI's shape."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            try:
+                return task.result()
+            except APIError:
+                raise
+            except Exception as e:
+                raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from e
+        return None
+    finally:
+        if pending := {t for t in (watch, task) if not t.done()}:
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending)  # the engine's stream is closed before the slot is counted free
 
 
 async def _pieces(engine: Engine, gen: Generation, out: _Output) -> AsyncIterator[tuple[str, str, str | None, int]]:

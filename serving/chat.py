@@ -30,14 +30,59 @@ def effort_or_error(value: str | None) -> str | None:
         raise ChatError(str(e)) from None
 
 
+class Reply:
+    """Prints one streamed reply: gpt-oss reasoning (harmony's analysis channel) after
+    `thinking: `, dimmed on a terminal, then the answer after `assistant: `; no harmony marker is
+    shown. `invoke chat` and `invoke run --chat` both print through it."""
+
+    def __init__(self, out, *, harmony: bool, label_plain: bool = True):
+        self.out, self.parser = out, HarmonyStream() if harmony else None
+        tty = out.isatty()
+        self.dim, self.bold, self.reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
+        self.label_plain = label_plain  # label a non-harmony answer too
+        self.state: str | None = None  # None, "reasoning", "answer"
+        self.answer: list[str] = []
+
+    def feed(self, piece: str) -> None:
+        if self.parser:
+            d = self.parser.feed(piece)
+            self._show(d.reasoning, d.content)
+        else:
+            self._show("", piece)
+
+    def finish(self) -> str:
+        """Flush, end the line; the answer's text (what goes into a conversation's history)."""
+        if self.parser:
+            d = self.parser.finish()
+            self._show(d.reasoning, d.content)
+        self.out.write(f"{self.reset if self.dim else ''}\n")
+        self.out.flush()
+        return "".join(self.answer)
+
+    def _show(self, reasoning: str, content: str) -> None:
+        out = self.out
+        if reasoning:
+            if self.state != "reasoning":
+                out.write(f"{self.dim}thinking: ")
+                self.state = "reasoning"
+            out.write(reasoning)
+        if content:
+            if self.state != "answer":
+                out.write(f"{self.reset}\n" if self.state == "reasoning" else "")
+                if self.parser or self.label_plain:
+                    out.write(f"{self.bold}assistant:{self.reset} ")
+                self.state = "answer"
+            out.write(content)
+            self.answer.append(content)
+        out.flush()
+
+
 def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: int = 256,
          temperature: float = 0.0, seed: int = 0) -> None:
     import runtimes
 
     effort = effort_or_error(reasoning_effort)
     out = sys.stdout
-    tty = out.isatty()
-    dim, bold, reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
     with runtimes.load(artifact) as rt:
         harmony = rt.info.chat_format == "harmony"
         print(f"chatting with {artifact} ({rt.name}); {HELP}", file=out, flush=True)
@@ -68,36 +113,8 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
                     print(f"unknown command {cmd}; {HELP}", file=out, flush=True)
                 continue
             history.append({"role": "user", "content": text})
-            parser = HarmonyStream() if harmony else None
-            answer: list[str] = []
-            state = None  # None, "reasoning", "answer"
-
-            def show(reasoning: str, content: str, answer: list[str] = answer) -> None:
-                nonlocal state
-                if reasoning:
-                    if state != "reasoning":
-                        out.write(f"{dim}thinking: ")
-                        state = "reasoning"
-                    out.write(reasoning)
-                if content:
-                    if state != "answer":
-                        out.write(f"{reset}\n" if state == "reasoning" else "")
-                        out.write(f"{bold}assistant:{reset} ")
-                        state = "answer"
-                    out.write(content)
-                    answer.append(content)
-                out.flush()
-
+            reply = Reply(out, harmony=harmony)
             for piece in rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                    reasoning_effort=effort):
-                if parser:
-                    d = parser.feed(piece)
-                    show(d.reasoning, d.content)
-                else:
-                    show("", piece)
-            if parser:
-                d = parser.finish()
-                show(d.reasoning, d.content)
-            out.write(f"{reset}\n")
-            out.flush()
-            history.append({"role": "assistant", "content": "".join(answer)})
+                reply.feed(piece)
+            history.append({"role": "assistant", "content": reply.finish()})

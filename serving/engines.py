@@ -94,7 +94,9 @@ class _ChildServer:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
         self.base = f"http://127.0.0.1:{port}"
-        self.client = httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(None, connect=5.0),
+        # trust_env=False: the child is on loopback; HTTP(S)_PROXY / ALL_PROXY set for the outside
+        # world (a firewall's proxy) must not route our own engine traffic through it
+        self.client = httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(None, connect=5.0), trust_env=False,
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
     def tail(self, n: int = 1500) -> str:
@@ -354,9 +356,11 @@ def open_engine(artifact: Path, *, n_ctx: int | None, slots: int | None, threads
     if rt["name"] == "edgellm":
         raise RuntimeUnavailable("TensorRT Edge-LLM generates whole responses, not tokens: serve a Jetson kit's "
                                  "TensorRT-LLM (JetPack 6) artifact, or run the kit's run.sh")
-    model_ctx = _hf_context(artifact)
-    runtime = runtimes.load(artifact)
-    return RuntimeEngine(runtime, min(n_ctx or 4096, model_ctx or 4096))
+    ctx = min(n_ctx or 4096, _hf_context(artifact) or 4096)
+    # onnxruntime-genai allocates a generation's KV cache up front: the runtime sizes each by its
+    # request and refuses past ctx, which the front has already checked (a 400)
+    runtime = runtimes.load(artifact, n_ctx=ctx) if rt["name"] == "onnxruntime" else runtimes.load(artifact)
+    return RuntimeEngine(runtime, ctx)
 
 
 def _hf_context(artifact: Path) -> int | None:

@@ -37,14 +37,38 @@ def api_key_from(env_var: str | None) -> str | None:
     return key
 
 
+def check_options(*, port: int, parallel: int | None, queue: int, ctx: int | None, threads: int | None) -> None:
+    """Every number a user gives, before anything loads (one line each, exit 2)."""
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port must be 1 to 65535, not {port}")
+    if parallel is not None and parallel < 1:
+        raise ServeError(f"--parallel must be at least 1, not {parallel}")
+    if queue < 0:
+        raise ServeError(f"--queue must be 0 or more, not {queue}")
+    if ctx is not None and ctx < 16:
+        raise ServeError(f"--ctx must be at least 16 tokens, not {ctx}")
+    if threads is not None and threads < 1:
+        raise ServeError(f"--threads must be at least 1, not {threads}")
+
+
+def check_artifact(artifact: Path) -> None:
+    from export import manifest as mf
+
+    if not artifact.is_dir():
+        raise ServeError(f"--artifact {artifact}: no such directory")
+    if not (artifact / mf.NAME).is_file():
+        raise ServeError(f"--artifact {artifact}: not an edgeport artifact (no {mf.NAME}; "
+                         "make one with invoke export or invoke pull)")
+
+
 def check_port(host: str, port: int) -> None:
     import socket
 
     with socket.socket() as s:
         try:
             s.bind((host, port))
-        except OSError as e:
-            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        except (OSError, OverflowError) as e:  # gaierror for a bad host is an OSError
+            raise ServeError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel: int | None = None,
@@ -56,13 +80,9 @@ def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel
     from export.progress import console
 
     artifact = Path(artifact)
-    if parallel is not None and parallel < 1:
-        raise ServeError("--parallel must be at least 1")
-    if queue < 0:
-        raise ServeError("--queue must be 0 or more")
-    if ctx is not None and ctx < 16:
-        raise ServeError("--ctx must be at least 16 tokens")
+    check_options(port=port, parallel=parallel, queue=queue, ctx=ctx, threads=threads)
     key = api_key_from(api_key_env)
+    check_artifact(artifact)
     check_port(host, port)
     engine = open_engine(artifact, n_ctx=ctx, slots=parallel, threads=threads)
     settings = Settings(model_id=model_id(artifact), parallel=engine.slots, queue=queue, api_key=key)
@@ -95,8 +115,15 @@ def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel
     asyncio.run(main())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), like every edgeport error."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgeport: error: {message} (python -m serving --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m serving",
         description="Serve an edgeport artifact over an OpenAI-compatible API (/v1/chat/completions, "
                     "/v1/completions, /v1/models, /health). GGUF: llama.cpp's llama-server as the engine "

@@ -1,6 +1,7 @@
 """invoke bench: one artifact against its raw backend (bench.json, manifest, PNG), the
 comparison table across one model's artifacts, and load on a real running server
-(llama.cpp's own llama-server, built by tools/llama_cpp.py). Speeds are measured and written,
+(`python -m serving`, our front over llama-server, built by tools/llama_cpp.py; and a scripted
+server whose timing is known). Speeds are measured and written,
 never asserted against a goal: those live in the note and bench/, not in timed tests."""
 
 from __future__ import annotations
@@ -103,40 +104,20 @@ def test_compare_refuses_artifacts_of_different_models(exported):
 
 
 @pytest.fixture(scope="module")
-def llama_server(exported):
-    """llama.cpp's own server on the tiny Llama GGUF, 4 parallel slots, on a free port."""
-    import httpx
+def front(exported):
+    """Our front (`python -m serving`, what `invoke serve` runs) over llama-server, 4 slots, on the
+    bundled tiny gpt-oss: it reasons (analysis channel) before it answers."""
+    from tests.test_serving import server
 
-    from bench.registry import free_port
-    from tools.llama_cpp import repack_args, tool
-
-    art, m = exported("cpu-llama")
-    port = free_port()
-    exe = tool("llama-server")
-    proc = subprocess.Popen([str(exe), "-m", str(art / m["runtime"]["model_file"]), "--host", "127.0.0.1",
-                             "--port", str(port), "-np", "4", "-c", "4096", "-t", "2",
-                             *repack_args("llama-server")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("llama-server did not become healthy in 60 s")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    art, _ = exported("cpu-gpt-oss")
+    with server(art, "--parallel", "4", "--ctx", "1024") as url:
+        yield url
 
 
 @pytest.mark.slow  # llama-server: built with the tools
-def test_bench_serve_against_a_running_server(llama_server, tmp_path):
+def test_bench_serve_against_our_front(front, tmp_path):
     out = tmp_path / "serve.json"
-    r = _invoke("bench", "--serve", llama_server, "--clients", "1,4,8", "--requests", "2", "--new-tokens", "16",
+    r = _invoke("bench", "--serve", front, "--clients", "1,4,8", "--requests", "2", "--new-tokens", "200",
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
@@ -144,11 +125,91 @@ def test_bench_serve_against_a_running_server(llama_server, tmp_path):
     for run in res["runs"]:
         assert run["errors"] == 0 and run["requests"] == 2 * run["clients"]
         assert run["output_tokens"] > 0 and run["throughput_tps"] > 0
-        for k in ("ttft_any_chunk_ms", "ttft_ms", "e2e_ms", "itl_ms"):
+        for k in ("ttft_any_chunk_ms", "ttft_ms", "ttfat_ms", "e2e_ms", "itl_ms"):
             s = run[k]
             assert s["n"] > 0 and s["p50"] <= s["p90"] <= s["p99"]
-        assert run["ttft_any_chunk_ms"]["p50"] <= run["ttft_ms"]["p50"]  # a role chunk comes first
+        # the model reasons first: its first answer token comes after its first reasoning token,
+        # which only holds if the front keeps reasoning out of `content` and the client tells them apart
+        assert run["ttfat_ms"]["p50"] > run["ttft_ms"]["p50"]
+        assert run["e2e_ms"]["p99"] <= run["wall_s"] * 1000
     assert "TTFT" in r.stdout
+
+
+SCRIPT = {"role_at": 0.0, "first_token_at": 0.6, "gap": 0.05, "reasoning": 3, "answer": 4}
+
+
+@pytest.fixture(scope="module")
+def scripted_server():
+    """An OpenAI-compatible server whose timing is known: the role chunk at once, the first
+    reasoning token after 0.6 s, then a token every 50 ms (3 reasoning, 4 answer)."""
+    import asyncio
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from bench.registry import free_port
+
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        def chunk(delta, **extra):
+            return "data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                                          **extra}) + "\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            await asyncio.sleep(SCRIPT["first_token_at"])
+            for i in range(SCRIPT["reasoning"]):
+                if i:
+                    await asyncio.sleep(SCRIPT["gap"])
+                yield chunk({"reasoning_content": f"r{i} "})
+            for i in range(SCRIPT["answer"]):
+                await asyncio.sleep(SCRIPT["gap"])
+                yield chunk({"content": f"a{i} "})
+            n = SCRIPT["reasoning"] + SCRIPT["answer"]
+            yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": n}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the scripted server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    t.join(10)
+
+
+def test_bench_serve_measures_what_the_server_did(scripted_server):
+    """Each figure against the server's known timing, not against another figure of the same run."""
+    from benchmarking.serve_load import load
+
+    res = load(scripted_server, [1, 2], requests_per_client=2, max_tokens=16)
+    first, gap = SCRIPT["first_token_at"] * 1000, SCRIPT["gap"] * 1000
+    slack = 400  # a loaded 2-core machine; every lower bound below is exact (the server sleeps)
+    for run in res["runs"]:
+        assert run["errors"] == 0 and run["requests"] == 2 * run["clients"]
+        assert run["output_tokens"] == run["requests"] * 7  # the usage chunk's count
+        any_chunk, ttft, ttfat = run["ttft_any_chunk_ms"], run["ttft_ms"], run["ttfat_ms"]
+        assert any_chunk["p99"] < first - 200  # the role chunk, sent at once
+        assert first <= ttft["p50"] < first + slack  # the first reasoning token
+        assert first + 3 * gap <= ttfat["p50"] < first + 3 * gap + slack  # the first answer token
+        assert gap * 0.9 <= run["itl_ms"]["p50"] < gap + 100
+        assert run["itl_ms"]["n"] == run["requests"] * 6
+        assert first + 6 * gap <= run["e2e_ms"]["p50"] < first + 6 * gap + slack
+        assert gap * 0.9 <= run["tpot_ms"]["p50"] < gap + 100
 
 
 def test_bench_serve_unreachable_is_one_line(tmp_path):

@@ -2,7 +2,6 @@
 
 import pytest
 
-from runtimes import chat
 from runtimes.chat import (
     HARMONY_CHAT_TEMPLATE,
     StopMatcher,
@@ -40,24 +39,6 @@ def test_bundled_jinja_template_renders_the_same_text(effort):
         render_harmony_own(as_messages(MSGS), normalize_effort(effort))
 
 
-def test_falls_back_to_own_renderer_offline(monkeypatch):
-    chat.harmony_encoding.cache_clear()
-    monkeypatch.setenv("TIKTOKEN_RS_CACHE_DIR", "/nonexistent")
-    try:
-        text = chat.render_harmony(MSGS, "deep")
-        assert text == render_harmony_own(as_messages(MSGS), "high")
-    finally:
-        chat.harmony_encoding.cache_clear()
-
-
-def test_matches_openai_harmony_where_its_vocabulary_is_available():
-    if chat.harmony_encoding() is None:
-        pytest.skip("openai-harmony's o200k vocabulary cannot be loaded offline")
-    for effort in ("low", "medium", "high"):
-        assert chat.render_harmony_official(as_messages(MSGS), effort) == \
-            render_harmony_own(as_messages(MSGS), effort)
-
-
 def test_parse_harmony_final():
     out = "<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>"
     assert parse_harmony_final(out) == "4"
@@ -69,3 +50,25 @@ def test_stop_matcher_holds_back_partial_stops():
     assert pieces == ["abc ", "", ""] and m.stopped
     m = StopMatcher(["END"])
     assert m.feed("xE") == "x" and m.feed("Nope") == "ENope" and m.flush() == ""
+
+
+def test_reply_prints_reasoning_apart_from_the_answer_whatever_the_pieces():
+    """What `invoke chat` and `invoke run --chat` print for a harmony completion streamed in
+    pieces that split markers anywhere: reasoning after "thinking:", the answer after "assistant:"."""
+    import io
+
+    from serving.chat import Reply
+
+    raw = ("<|channel|>analysis<|message|>The user wants code.<|end|><|start|>assistant<|channel|>final"
+           "<|message|>def f(): pass")
+    for size in (1, 2, 3, 7, len(raw)):
+        out = io.StringIO()
+        reply = Reply(out, harmony=True, label_plain=False)
+        for i in range(0, len(raw), size):
+            reply.feed(raw[i:i + size])
+        assert reply.finish() == "def f(): pass"
+        assert out.getvalue() == "thinking: The user wants code.\nassistant: def f(): pass\n"
+    out = io.StringIO()
+    reply = Reply(out, harmony=False, label_plain=False)
+    reply.feed("plain text")
+    assert reply.finish() == "plain text" and out.getvalue() == "plain text\n"

@@ -1,5 +1,6 @@
 """`invoke chat` through a pseudo-terminal: multi-turn, streaming, /effort, /reset, /exit, and a
-bad option as one line and exit 2."""
+bad option as one line and exit 2; `invoke run --chat` shows gpt-oss reasoning apart from the
+answer the same way (`--raw` keeps harmony's tokens)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pexpect
 
+from serving.harmony import MARKERS, parse
 from tests.conftest import ROOT
 
 INVOKE = str(Path(sys.executable).parent / "invoke")
@@ -50,3 +52,30 @@ def test_chat_bad_effort_is_one_line(exported):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "bogus" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_run_chat_shows_reasoning_apart_from_the_answer(exported):
+    path, _ = exported("cpu-gpt-oss")
+    argv = [INVOKE, "run", "--artifact", str(path), "--prompt", "Write a function called parse_args.", "--chat",
+            "--max-new-tokens", "300"]
+    shown = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    raw = subprocess.run([*argv, "--raw"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and raw.returncode == 0, shown.stderr + raw.stderr
+    # as invoke chat prints it: the analysis after "thinking:", the answer after "assistant:", no marker
+    assert shown.stdout.startswith("thinking: The reasoning effort is medium."), shown.stdout[:300]
+    assert "\nassistant: " in shown.stdout
+    assert not any(m in shown.stdout for m in MARKERS), shown.stdout
+    # --raw: the model's own harmony, which says the same (greedy: the same generation)
+    assert raw.stdout.startswith("<|channel|>analysis<|message|>"), raw.stdout[:300]
+    assert "<|channel|>final<|message|>" in raw.stdout
+    reasoning, content, malformed = parse(raw.stdout.rstrip("\n"))
+    assert not malformed
+    assert shown.stdout == f"thinking: {reasoning}\nassistant: {content}\n"
+
+
+def test_run_chat_on_a_template_model_prints_the_answer(exported):
+    path, _ = exported("cpu-llama")
+    r = subprocess.run([INVOKE, "run", "--artifact", str(path), "--prompt", "import", "--chat",
+                        "--max-new-tokens", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "thinking:" not in r.stdout and "assistant:" not in r.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -28,14 +29,17 @@ ENGINES = {
 
 @contextlib.contextmanager
 def server(artifact: Path, *args: str, env: dict | None = None):
-    """`python -m serving` on a free port; yields its base URL; stopped with SIGTERM."""
+    """`python -m serving` on a free port; yields its base URL; stopped with SIGTERM. `env`: changes
+    to this environment (None unsets a variable)."""
     from serving.engines import free_port
 
     port = free_port()
     ready = artifact.parent / f".ready-{port}"
     ready.unlink(missing_ok=True)
+    environ = {**os.environ, **(env or {})}
+    environ = {k: v for k, v in environ.items() if v is not None}
     p = subprocess.Popen([sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port),
-                          "--ready-file", str(ready), *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                          "--ready-file", str(ready), *args], cwd=ROOT, env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 900
@@ -118,6 +122,8 @@ def test_effort_words_accepted(served, effort):
 
 def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
     assert r.status_code == status, r.text
+    assert r.headers.get("content-type", "").startswith("application/json"), \
+        f"HTTP {r.status_code} as {r.headers.get('content-type')}: {r.text[:200]!r}"
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
     if code:
@@ -196,8 +202,6 @@ async def _stream_all(url: str, model: str, n: int, max_tokens: int) -> list[tup
                 return r.status_code, 0, None
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    import json
-
                     ch = json.loads(line[6:])
                     got += 1
                     finish = ch["choices"][0]["finish_reason"] or finish
@@ -258,22 +262,141 @@ def _wait_idle(url: str, within: float = 5.0) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not-streamed"])
 @pytest.mark.parametrize("case", [pytest.param("onnx-gpt-oss-mxfp4-int8", marks=pytest.mark.toolenv),
                                   pytest.param("cpu-gpt-oss", marks=pytest.mark.slow)])
-def test_disconnect_frees_the_engine(exported, case):
+def test_disconnect_frees_the_engine(exported, case, stream):
     path, manifest = exported(case)  # one slot, no queue: the next request needs the slot back
     with server(path, "--parallel", "1", "--queue", "0", "--ctx", "16384") as url:
         model = _model(_client(url))
         no_stop = {str(t): -100 for t in manifest["model"]["stop_token_ids"]}
-        body = {"model": model, "prompt": "import sys\n", "max_tokens": 16000, "stream": True, "logit_bias": no_stop}
-        with httpx.Client(timeout=120) as a, a.stream("POST", f"{url}/v1/completions", json=body) as r1:
-            next(r1.iter_lines())
-        # the client went away mid-stream: the engine is free at its next token
+        body = {"model": model, "prompt": "import sys\n", "max_tokens": 16000, "stream": stream, "logit_bias": no_stop}
+        if stream:
+            with httpx.Client(timeout=120) as a, a.stream("POST", f"{url}/v1/completions", json=body) as r1:
+                next(r1.iter_lines())
+        else:  # a client that gives up waiting for a whole answer (its timeout) closes the connection
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(120, read=1.5))
+        # the client went away mid-generation: the engine is free at its next token
         _wait_idle(url)
         t0 = time.monotonic()
         r4 = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 4}, timeout=120)
         assert r4.status_code == 200 and time.monotonic() - t0 < 5.0
         assert httpx.get(f"{url}/health").json()["in_flight"] == 0
+
+
+# --- the front over an engine that fails: no model needed -----------------------------------------
+
+class _FailingEngine:
+    """An engine whose generation fails after one piece (a crashed llama-server, an ORT error)."""
+
+    @staticmethod
+    def make():
+        from runtimes.base import ModelInfo
+        from runtimes.chat import LLAMA3_CHAT_TEMPLATE
+        from serving.engines import Engine, Piece
+
+        class Failing(Engine):
+            name = "failing"
+
+            async def tokenize(self, text: str) -> list[int]:
+                return list(range(len(text.split())))
+
+            async def generate(self, gen):
+                yield Piece("partial ")
+                raise RuntimeError("the engine crashed")
+
+        return Failing(ModelInfo("llama", "template", chat_template=LLAMA3_CHAT_TEMPLATE), n_ctx=256, slots=1)
+
+
+class _EndlessEngine:
+    """An engine that generates a piece every 10 ms until it is closed; it records the closing."""
+
+    @staticmethod
+    def make():
+        from runtimes.base import ModelInfo
+        from runtimes.chat import LLAMA3_CHAT_TEMPLATE
+        from serving.engines import Engine, Piece
+
+        class Endless(Engine):
+            name = "endless"
+            closed = 0
+
+            async def tokenize(self, text: str) -> list[int]:
+                return [1, 2, 3]
+
+            async def generate(self, gen):
+                try:
+                    while True:
+                        await asyncio.sleep(0.01)
+                        yield Piece("x")
+                finally:
+                    type(self).closed += 1
+
+        return Endless(ModelInfo("llama", "template", chat_template=LLAMA3_CHAT_TEMPLATE), n_ctx=1 << 20, slots=1)
+
+
+@contextlib.contextmanager
+def _front(engine, parallel: int = 1, queue: int = 0):
+    """Our front over `engine` in a real uvicorn on a free port (a thread of this process)."""
+    import threading
+
+    import uvicorn
+
+    from serving.app import Settings, create_app
+    from serving.engines import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, Settings("m", parallel, queue)), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the front did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+@pytest.mark.parametrize("path,body", [("/v1/completions", {"prompt": "x"}),
+                                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})])
+def test_a_non_streamed_request_stops_generating_when_its_client_goes(path, body):
+    engine = _EndlessEngine.make()
+    with _front(engine) as url:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting for the whole answer
+            httpx.post(f"{url}{path}", json={"model": "m", **body}, timeout=httpx.Timeout(30, read=0.5))
+        took = _wait_idle(url, within=3.0)
+        assert type(engine).closed == 1, f"the engine's generation was not closed ({took:.2f} s)"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "import os"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_engine_failure_is_an_openai_error_not_plain_text(path, body):
+    from serving.app import Settings, create_app
+
+    app = create_app(_FailingEngine.make(), Settings(model_id="m", parallel=1, queue=0))
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://front") as c:
+            whole = await c.post(path, json={"model": "m", "max_tokens": 8, **body})
+            streamed = await c.post(path, json={"model": "m", "max_tokens": 8, "stream": True, **body})
+            health = await c.get("/health")
+            return whole, streamed, health
+
+    whole, streamed, health = asyncio.run(go())
+    err = _error(whole, 500, "engine_error")
+    assert err["type"] == "server_error" and "the engine crashed" in err["message"]
+    # streamed: the error arrives as an event in the same shape
+    events = [json.loads(x[6:]) for x in streamed.text.splitlines() if x.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "engine_error"
+    assert health.json()["in_flight"] == 0  # both requests left the gate
 
 
 @pytest.mark.slow

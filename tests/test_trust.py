@@ -101,8 +101,11 @@ FAMILY_CASE = {"llama.cpp": "cpu-llama", "onnxruntime": "onnx-llama-int8", "tran
 
 
 def _family_params():
+    """llama.cpp (the default target) in the default suite, every family in CI's (--slow)."""
     for name in FAMILIES:
-        yield pytest.param(name, marks=[pytest.mark.toolenv] if name == "onnxruntime" else [])
+        marks = ([pytest.mark.toolenv] if name == "onnxruntime" else []) + ([pytest.mark.slow] if name != "llama.cpp"
+                                                                          else [])
+        yield pytest.param(name, marks=marks)
 
 
 @pytest.mark.parametrize("family", list(_family_params()))
