@@ -196,7 +196,7 @@ def parity_for_artifact(artifact: Path, source: str | Path | None = None) -> dic
     """Re-run the gate on an existing artifact; rebuilds the unquantized file from the source.
 
     A pass proves the files as they are now, so it re-seals the manifest; a failure is recorded
-    only while every file still matches the manifest (else ManifestMismatch, manifest untouched)."""
+    only while every file still matches the manifest (else it is reported and nothing written)."""
     import tempfile
 
     m = mf.load(artifact)
@@ -218,8 +218,10 @@ def parity_for_artifact(artifact: Path, source: str | Path | None = None) -> dic
         write_json(artifact / "parity.json", report)
         m["parity"] = report
         mf.seal(artifact, m)
+    elif problems := mf.mismatches(artifact, m, skip={"parity.json"}):
+        console.print(f"[yellow]note:[/yellow] {'; '.join(problems[:3])}: the failure is not recorded, "
+                      "the manifest and parity.json were left as they were", highlight=False)
     else:
-        mf.verify(artifact, m, skip={"parity.json"})  # before writing anything
         write_json(artifact / "parity.json", report)
         mf.record(artifact, {"parity": report}, ["parity.json"])
     return report

@@ -240,23 +240,28 @@ def _index_path() -> Path:
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "edgeport" / "sources.json"
 
 
-def _read_index() -> dict[str, str]:
+def _read_index() -> dict[str, list[str]]:
     try:
         known = json.loads(_index_path().read_text())
-        return known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: [v] if isinstance(v, str) else [p for p in v if isinstance(p, str)]
+            for k, v in known.items() if isinstance(v, str | list)}
 
 
 def remember(digest: str, root: Path) -> None:
-    """Note where the source with `digest` lives on this machine (best effort: a read-only home
-    only costs the parity re-run its default)."""
+    """Note where a source with `digest` lives on this machine, newest first (best effort: a
+    read-only home only costs the parity re-run its default). Several copies of one checkpoint
+    may be known; those that are gone are dropped."""
     from .atomic import write_json
 
     known = _read_index()
-    if known.get(digest) == str(root):
+    paths = [str(root)] + [p for p in known.get(digest, []) if p != str(root) and Path(p).is_dir()]
+    if known.get(digest) == paths[:8]:
         return
-    known[digest] = str(root)
+    known[digest] = paths[:8]
     try:
         _index_path().parent.mkdir(parents=True, exist_ok=True)
         write_json(_index_path(), known)
@@ -265,9 +270,8 @@ def remember(digest: str, root: Path) -> None:
 
 
 def recall(digest: str) -> Path | None:
-    """The directory remembered for `digest`, if it is still there."""
-    p = _read_index().get(digest)
-    return Path(p) if p and Path(p).is_dir() else None
+    """The newest directory remembered for `digest` that is still there."""
+    return next((Path(p) for p in _read_index().get(digest, []) if Path(p).is_dir()), None)
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from export.atomic import umask
+from export.atomic import atomic_file
 
 from .errors import PublishError
 
@@ -94,19 +93,9 @@ class LayoutStore:
         return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
 
     @staticmethod
-    @contextlib.contextmanager
     def _atomic(path: Path):
-        """A temp file beside `path`, renamed onto it (with the umask's mode) only if the
-        block completes."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-            os.chmod(tmp, 0o666 & ~umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """A temp file beside `path`, renamed onto it only if the block completes."""
+        return atomic_file(path, "wb")
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         with self._atomic(path) as f:
