@@ -105,6 +105,17 @@ def _existing(option: str, path) -> Path:
     return p
 
 
+def _generation_options(artifact, effort, max_new_tokens, temperature, seed) -> tuple[int, float, int]:
+    """run's and chat's shared options, checked before anything loads: (max_new_tokens, temperature, seed)."""
+    from serving.chat import effort_or_error
+
+    effort_or_error(effort)
+    _existing("artifact", artifact)
+    return (_number("max_new_tokens", max_new_tokens, least=1),
+            _number("temperature", temperature, float, least=0.0, most=2.0),
+            _number("seed", seed, least=0, most=2**32 - 1))
+
+
 def _stdout():
     """A command's result (tables, summaries) goes to stdout; progress and errors to stderr."""
     from rich.console import Console
@@ -268,14 +279,9 @@ def parity(c, artifact, device_output=None, source=None):
 def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=64, temperature=0.0,
         top_p=1.0, seed=0, stop=None, raw=False):
     """Stream a completion from an artifact through its runtime."""
-    from serving.chat import effort_or_error
-
-    effort_or_error(reasoning_effort)
-    max_new_tokens = _number("max_new_tokens", max_new_tokens, least=1)
-    temperature = _number("temperature", temperature, float, least=0.0, most=2.0)
+    max_new_tokens, temperature, seed = _generation_options(artifact, reasoning_effort, max_new_tokens,
+                                                            temperature, seed)
     top_p = _number("top_p", top_p, float, above=0.0, most=1.0)
-    seed = _number("seed", seed, least=0, most=2**32 - 1)
-    _existing("artifact", artifact)
     _quiet_libs()
     import runtimes
     from serving.chat import Reply
@@ -333,13 +339,9 @@ def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0
     """Chat with an artifact in the terminal: multi-turn, streaming, gpt-oss reasoning shown
     apart from the answer. Commands: /effort low|medium|high, /reset, /exit (or Ctrl-D)."""
     from serving.chat import chat as do_chat
-    from serving.chat import effort_or_error
 
-    effort_or_error(reasoning_effort)
-    max_new_tokens = _number("max_new_tokens", max_new_tokens, least=1)
-    temperature = _number("temperature", temperature, float, least=0.0, most=2.0)
-    seed = _number("seed", seed, least=0, most=2**32 - 1)
-    _existing("artifact", artifact)
+    max_new_tokens, temperature, seed = _generation_options(artifact, reasoning_effort, max_new_tokens,
+                                                            temperature, seed)
     _quiet_libs()
     do_chat(artifact, reasoning_effort=reasoning_effort, max_new_tokens=max_new_tokens, temperature=temperature,
             seed=seed)

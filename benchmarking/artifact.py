@@ -77,20 +77,22 @@ def save(artifact: Path, report: dict) -> None:
     """bench.json and bench.png into the artifact; the manifest gets the summary and the new files,
     without re-sealing the rest: an artifact whose files no longer match its manifest is
     refused before anything is written (a bench proves nothing about the files)."""
-    import os
-    import tempfile
-
     from export.atomic import write_json
 
-    from .plots import speed_figure
-
-    new = ["bench.json", "bench.png"]
-    mf.verify(artifact, skip=set(new))
-    with tempfile.TemporaryDirectory(prefix=".bench-", dir=artifact) as tmp:
-        speed_figure(report, Path(tmp) / "bench.png")
-        write_json(artifact / "bench.json", report)
-        os.replace(Path(tmp) / "bench.png", artifact / "bench.png")
     bench = {"created": report["created"], "machine": report["machine"],
              "workloads": [{k: (v["median"] if isinstance(v, dict) and "median" in v else v)
                             for k, v in w.items() if k != "raw"} for w in report["workloads"]]}
-    mf.record(artifact, {"bench": bench}, new)
+    mf.record(artifact, {"bench": bench},
+              {"bench.json": lambda p: write_json(p, report), "bench.png": lambda p: _figure(report, p)})
+
+
+def _figure(report: dict, path: Path) -> None:
+    """bench.png, drawn beside and renamed into place (matplotlib writes in place)."""
+    import os
+    import tempfile
+
+    from .plots import speed_figure
+
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=path.parent) as tmp:
+        speed_figure(report, Path(tmp) / path.name)
+        os.replace(Path(tmp) / path.name, path)

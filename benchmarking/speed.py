@@ -42,10 +42,9 @@ def _once(rt, ids: list[int], new_tokens: int) -> dict:
     import numpy as np
 
     t0 = time.perf_counter()
-    # a runtime that allocates its KV cache up front (onnxruntime-genai) sized by this request,
-    # as serving sizes it; else the first token would pay for the model's whole context
-    sized = getattr(rt, "max_length_for", None)
-    dec = rt._decode(list(ids), sized(len(ids), new_tokens)) if sized else rt._decode(list(ids))
+    # sized by this request, as serving sizes it (a runtime that allocates its KV cache up front,
+    # onnxruntime-genai, would otherwise make the first token pay for the model's whole context)
+    dec = rt._decode(list(ids), new_tokens)
     logits = next(dec)
     tok = int(np.argmax(logits))
     t1 = time.perf_counter()  # prompt processed, first token chosen

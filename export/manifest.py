@@ -14,6 +14,7 @@ import importlib.metadata as md
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import write_json
@@ -95,37 +96,36 @@ def seal(root: Path, manifest: dict) -> Path:
     return write_json(root / NAME, manifest)
 
 
-def mismatches(root: Path, manifest: dict, skip: set[str] = frozenset()) -> list[str]:
-    """Every listed file (but `skip`) that is missing or differs from its recorded size/sha256."""
+def verify(root: Path, manifest: dict | None = None, skip: set[str] = frozenset()) -> dict:
+    """The manifest, if every listed file (but `skip`) is there with its recorded size and
+    sha256; else ManifestMismatch naming them."""
+    m = manifest if manifest is not None else load(root)
     problems = []
-    for e in manifest.get("files", []):
+    for e in m.get("files", []):
+        p = root / e["path"]
         if e["path"] in skip:
             continue
-        p = root / e["path"]
         if not p.is_file():
             problems.append(f"{e['path']} is missing")
         elif p.stat().st_size != e["bytes"] or sha256_file(p) != e["sha256"]:
             problems.append(f"{e['path']} was changed (sha256 differs from the manifest)")
-    return problems
-
-
-def verify(root: Path, manifest: dict | None = None, skip: set[str] = frozenset()) -> dict:
-    """The manifest, if every listed file (but `skip`) still matches it; else ManifestMismatch."""
-    m = manifest if manifest is not None else load(root)
-    if problems := mismatches(root, m, skip):
+    if problems:
         raise ManifestMismatch(f"{root}: {'; '.join(problems[:3])}"
                                f"{f' (+{len(problems) - 3} more)' if len(problems) > 3 else ''}; "
                                "the manifest was left as it was (re-export, or re-run parity to prove the files)")
     return m
 
 
-def record(root: Path, updates: dict, new_files: list[str] = ()) -> dict:
-    """Add results (`updates`: top-level keys) and the files that carry them (`new_files`, just
-    written into the artifact) without re-sealing the rest: refuses, and writes nothing, when
-    any other listed file no longer matches."""
-    m = verify(root, skip=set(new_files))
+def record(root: Path, updates: dict, writes: dict[str, Callable[[Path], object]] | None = None) -> dict:
+    """Add results (`updates`: top-level keys) and the files that carry them (`writes`: a path
+    in the artifact -> what writes it) without re-sealing the rest. Every other listed file is
+    checked first: if one no longer matches, ManifestMismatch and nothing is written."""
+    writes = writes or {}
+    m = verify(root, skip=set(writes))
+    for rel, write in writes.items():
+        write(root / rel)
     m.update(updates)
-    fresh = {rel: _entry(root, root / rel) for rel in new_files}
+    fresh = {rel: _entry(root, root / rel) for rel in writes}
     m["files"] = sorted([e for e in m["files"] if e["path"] not in fresh] + list(fresh.values()),
                         key=lambda e: e["path"])
     write_json(root / NAME, m)

@@ -65,12 +65,13 @@ def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported below
         lr, lc = log_softmax(ref), log_softmax(cand)
         kl = (np.exp(lr) * (lr - lc)).sum(axis=-1)
+        top2 = np.partition(ref, -2, axis=-1)[:, -2:]
+        tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN
     nxt = np.asarray(ids[1:], dtype=np.int64)
     rows = np.arange(len(nxt))
-    top2 = np.partition(ref, -2, axis=-1)[:, -2:]
     return PromptComparison(
         prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1),
-        -lr[rows, nxt], -lc[rows, nxt], (top2[:, 1] - top2[:, 0]) < TIE_MARGIN,
+        -lr[rows, nxt], -lc[rows, nxt], tie,
         top1_regret(lr, cand.argmax(-1)),
         np.flatnonzero(~np.isfinite(ref).all(axis=-1)), np.flatnonzero(~np.isfinite(cand).all(axis=-1)),
     )

@@ -92,13 +92,8 @@ class LayoutStore:
     def _index_bytes(manifests: list[dict]) -> bytes:
         return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
 
-    @staticmethod
-    def _atomic(path: Path):
-        """A temp file beside `path`, renamed onto it only if the block completes."""
-        return atomic_file(path, "wb")
-
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        with self._atomic(path) as f:
+        with atomic_file(path, "wb") as f:
             f.write(data)
 
     def has_blob(self, digest: str, size: int) -> bool:
@@ -109,7 +104,7 @@ class LayoutStore:
         import hashlib
 
         h = hashlib.sha256()
-        with self._atomic(self._blob(digest)) as out, open(path, "rb") as src:
+        with atomic_file(self._blob(digest), "wb") as out, open(path, "rb") as src:
             while b := src.read(READ_CHUNK):
                 out.write(b)
                 h.update(b)

@@ -58,8 +58,10 @@ class Runtime(ABC):
         """float32 [len(token_ids), vocab]: row i predicts token i+1."""
 
     @abstractmethod
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
-        """Yield next-token logits; receive the chosen token with send()."""
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
+        """Yield next-token logits; receive the chosen token with send(). `max_new_tokens`: how
+        many the caller may generate (None: not known), for a runtime that allocates its KV
+        cache up front (onnxruntime-genai); the others grow theirs and ignore it."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -107,7 +109,7 @@ class Runtime(ABC):
         matcher = StopMatcher(stop)
         out_ids: list[int] = []
         emitted = ""
-        dec = self._decode(ids)
+        dec = self._decode(ids, max_new_tokens)
         logits = next(dec)
         result.finish_reason = "length"
         try:
@@ -144,7 +146,7 @@ class Runtime(ABC):
     def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
         """n greedy token ids after prompt_ids (stop tokens included): for parity checks."""
         out: list[int] = []
-        dec = self._decode(list(prompt_ids))
+        dec = self._decode(list(prompt_ids), n)
         logits = next(dec)
         for _ in range(n):
             tok = int(np.argmax(logits))

@@ -134,7 +134,7 @@ class LlamaCppRuntime(Runtime):
     def _last_logits(self) -> np.ndarray:
         return np.ctypeslib.as_array(self._gen._ctx.get_logits(), shape=(self._gen.n_vocab(),)).copy()
 
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         g = self._gen
         if len(prompt_ids) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit n_ctx={self.n_ctx}")

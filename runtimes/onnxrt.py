@@ -114,7 +114,6 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         self.n_ctx = min(n_ctx or self.model_ctx, self.model_ctx)
         kv_types = {self._inputs[n].type for n in self._past}
         self.kv_dtype_bytes = np.dtype(ORT_TYPES.get(next(iter(kv_types), ""), np.float32)).itemsize
-        self._next_length: int | None = None  # the max_length stream_ids / greedy size the next generation for
         self.last_max_length: int | None = None  # what the last genai generator was created with
 
     def _read_head_dim(self) -> int:
@@ -145,22 +144,8 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         return genai_kv_bytes(json.loads(self._genai_config.read_text()), max_length, self.kv_dtype_bytes)
 
     def stream_ids(self, ids: list[int], max_new_tokens: int = 128, *args, **kwargs):
-        length = self.max_length_for(len(ids), max_new_tokens)  # raised here, before any work
-        return self._sized(length, super().stream_ids(ids, max_new_tokens, *args, **kwargs))
-
-    def _sized(self, length: int, pieces):
-        self._next_length = length  # read by _decode when the shared loop starts it
-        try:
-            yield from pieces
-        finally:
-            self._next_length = None
-
-    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
-        self._next_length = self.max_length_for(len(prompt_ids), n)
-        try:
-            return super().greedy(prompt_ids, n)
-        finally:
-            self._next_length = None
+        self.max_length_for(len(ids), max_new_tokens)  # refused at the call, before a generator exists
+        return super().stream_ids(ids, max_new_tokens, *args, **kwargs)
 
     # --- plain session --------------------------------------------------------------------
     def _feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict:
@@ -190,13 +175,12 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         return logits.astype(np.float32)
 
     # --- generation -----------------------------------------------------------------------
-    def _decode(self, prompt_ids: list[int], max_length: int | None = None) -> Generator[np.ndarray, int, None]:
-        """`max_length`: the tokens this generation may reach, prompt included (stream_ids and
-        greedy pass their request's; a direct caller without one gets n_ctx, all allocated up
-        front: pass the prompt + the tokens wanted)."""
-        length, self._next_length = max_length or self._next_length or self.n_ctx, None
-        if len(prompt_ids) >= length or length > self.n_ctx:
-            raise ContextLengthExceeded(len(prompt_ids), max(length - len(prompt_ids), 1), self.n_ctx)
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
+        """Generation sized by the request: max_length = prompt + max_new_tokens (a caller that
+        does not say gets n_ctx, all of it allocated up front)."""
+        if max_new_tokens is None:
+            max_new_tokens = max(self.n_ctx - len(prompt_ids), 1)
+        length = self.max_length_for(len(prompt_ids), max_new_tokens)
         if self._genai_config.is_file():
             yield from self._decode_genai(prompt_ids, length)
         else:

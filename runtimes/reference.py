@@ -52,7 +52,7 @@ class TorchModelRuntime(TokenizerFileMixin, Runtime):
             out = self.model(self.torch.tensor([list(token_ids)]), use_cache=False)
         return out.logits[0].float().numpy()
 
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         torch = self.torch
         with torch.inference_mode():
             out = self.model(torch.tensor([prompt_ids]), use_cache=True)

@@ -72,7 +72,7 @@ class EdgeLLMRuntime(TokenizerFileMixin, Runtime):
         raise RuntimeUnavailable("TensorRT Edge-LLM returns text, not logits; compare device output with "
                                  "`invoke parity --artifact DIR --device-output device_output.json`")
 
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         raise RuntimeUnavailable("TensorRT Edge-LLM generates whole responses; use generate() / stream()")
         yield  # pragma: no cover
 
@@ -132,7 +132,7 @@ class TensorRTLLMRuntime(TokenizerFileMixin, Runtime):
                                      "GATHER_CONTEXT_LOGITS=1 ./build_engine.sh for logits")
         return ctx[0].float().cpu().numpy()[:, : self.vocab]
 
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         # v0.12's Python runner keeps no KV cache between calls: each step re-runs the prefix
         # (correct, O(n^2)); generate()/greedy() use the engine's own decoding loop instead
         ids = list(prompt_ids)

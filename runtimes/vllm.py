@@ -92,7 +92,7 @@ class VLLMRuntime(Runtime):
         rows.append(self._row(out.outputs[0].logprobs[0]))
         return np.stack(rows)
 
-    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         ids = list(prompt_ids)
         while True:  # prefix caching keeps each step to one new token of work
             tok = yield self._row(self._step(ids, prompt_logprobs=False).outputs[0].logprobs[0])

@@ -84,14 +84,21 @@ def available() -> list[str]:
 
 PARITY_KEYS = {"max_tokens", "greedy_tokens", "thresholds", "device"}
 # the variants each format's exporter reports (Built.variant; the pipeline refuses any other),
-# which threshold sub-tables may be named after
+# which threshold sub-tables may be named after (onnx's: `variants`, from its precisions)
 VARIANTS = {
     "gguf": ("mxfp4-source", "bf16-experts-mxfp4", "bf16-experts-kquant"),
     "hf-mxfp4": ("mxfp4-passthrough", "bf16-to-mxfp4"),
-    "onnx": tuple(f"{k}-{p}{e}" for k, ps in (("genai", ("int8", "int4", "fp32")), ("qdq", ("int8", "fp32")))
-                  for p in ps for e in ("", "-mxfp4-experts")),
     "jetson": ("edgellm-int8", "edgellm-int8-w8a16", "edgellm-int4", "edgellm-fp16", "trtllm-w8a16"),
 }
+
+
+def variants(fmt: str) -> tuple[str, ...]:
+    """The variants an exporter of format `fmt` may report."""
+    if fmt == "onnx":  # <graph kind>-<precision>[-mxfp4-experts], as export/onnx_export.py names them
+        from export.onnx_export import PRECISIONS
+
+        return tuple(f"{k}-{p}{e}" for k, ps in PRECISIONS.items() for p in ps for e in ("", "-mxfp4-experts"))
+    return VARIANTS.get(fmt, ())
 
 
 def _quantizations(data: dict) -> set[str]:
@@ -103,7 +110,9 @@ def _quantizations(data: dict) -> set[str]:
 
         names |= set(SCHEMES) | {data.get("unquantized", "F16")}
     elif fmt == "onnx":
-        names |= {"int8", "int4", "fp32"}
+        from export.onnx_export import PRECISIONS
+
+        names |= {p for ps in PRECISIONS.values() for p in ps}
     elif fmt == "jetson":
         names |= {p for stack in data.get("stacks", {}).values() for p in stack.get("precisions", ())}
     return {n for n in names if n}
@@ -116,8 +125,8 @@ def override_names(data: dict) -> set[str]:
     from export.architectures import ARCHITECTURES
 
     archs = {a.name for a in ARCHITECTURES}
-    variants = set(VARIANTS.get(data.get("format"), ()))
-    return archs | variants | {f"{a}/{v}" for a in archs for v in variants} | _quantizations(data)
+    kinds = set(variants(data.get("format")))
+    return archs | kinds | {f"{a}/{v}" for a in archs for v in kinds} | _quantizations(data)
 
 
 def load(name: str) -> TargetProfile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,31 @@ def unavailable(what: str, why: str):
     reason = f"{what} not run ({why}); in CI (CI=true) this fails instead"
     warnings.warn(reason, pytest.PytestWarning, stacklevel=2)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def asgi_server(app, what: str = "the server"):
+    """`app` in a real uvicorn on a free loopback port, in a thread of this process: its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from serving.engines import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(10)
 
 
 def _no_constant(c: str):

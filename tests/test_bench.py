@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -143,13 +142,11 @@ def scripted_server():
     """An OpenAI-compatible server whose timing is known: the role chunk at once, the first
     reasoning token after 0.6 s, then a token every 50 ms (3 reasoning, 4 answer)."""
     import asyncio
-    import threading
 
-    import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
 
-    from bench.registry import free_port
+    from tests.conftest import asgi_server
 
     app = FastAPI()
 
@@ -179,17 +176,8 @@ def scripted_server():
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the scripted server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    with asgi_server(app, "the scripted server") as url:
+        yield url
 
 
 def test_bench_serve_measures_what_the_server_did(scripted_server):

@@ -55,7 +55,7 @@ if mode == "request":
     n = 1 + sum(1 for _ in stream)
     out["max_length"], out["pieces"] = rt.last_max_length, n
 else:
-    dec = rt._decode(ids, rt.model_ctx)
+    dec = rt._decode(ids, rt.model_ctx - len(ids))  # max_length = the model's context, as before
     next(dec)
     out["grow"], out["seconds"] = rss() - before, time.perf_counter() - t0
     out["max_length"] = rt.last_max_length

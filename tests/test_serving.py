@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from serving.harmony import MARKERS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, asgi_server
 
 ENGINES = {
     "gguf-gpt-oss": pytest.param("cpu-gpt-oss", marks=pytest.mark.slow),
@@ -336,30 +336,11 @@ class _EndlessEngine:
         return Endless(ModelInfo("llama", "template", chat_template=LLAMA3_CHAT_TEMPLATE), n_ctx=1 << 20, slots=1)
 
 
-@contextlib.contextmanager
 def _front(engine, parallel: int = 1, queue: int = 0):
     """Our front over `engine` in a real uvicorn on a free port (a thread of this process)."""
-    import threading
-
-    import uvicorn
-
     from serving.app import Settings, create_app
-    from serving.engines import free_port
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, Settings("m", parallel, queue)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the front did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(10)
+    return asgi_server(create_app(engine, Settings("m", parallel, queue)), "the front")
 
 
 @pytest.mark.parametrize("path,body", [("/v1/completions", {"prompt": "x"}),

@@ -215,16 +215,15 @@ def test_record_adds_results_without_resealing(exported, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(src, art)
     sealed = mf.load(art)
-    (art / "bench.json").write_text("{}\n")
-    m = mf.record(art, {"bench": {"x": 1}}, ["bench.json"])
+    m = mf.record(art, {"bench": {"x": 1}}, {"bench.json": lambda p: p.write_text("{}\n")})
     assert m["parity"] == sealed["parity"] and m["bench"] == {"x": 1}
     assert [e for e in m["files"] if e["path"] != "bench.json"] == sealed["files"]
     mf.verify(art)
     (art / "chat_template.jinja").write_text("{{ edited }}")  # any listed file
     before = (art / "manifest.json").read_bytes()
     with pytest.raises(mf.ManifestMismatch, match=r"chat_template\.jinja was changed"):
-        mf.record(art, {"bench": {"x": 2}}, ["bench.json"])
-    assert (art / "manifest.json").read_bytes() == before
+        mf.record(art, {"bench": {"x": 2}}, {"bench.json": lambda p: p.write_text("{\"x\": 2}\n")})
+    assert (art / "manifest.json").read_bytes() == before and (art / "bench.json").read_text() == "{}\n"
 
 
 def test_manifest_write_is_atomic(tmp_path, monkeypatch):
