@@ -11,8 +11,8 @@ from pathlib import Path
 from invoke import Exit, task
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = "models/tiny-gpt-oss"
-MXFP4_MODEL = "models/tiny-gpt-oss-mxfp4"
+DEFAULT_MODEL = "edgeport/models/tiny-gpt-oss"
+MXFP4_MODEL = "edgeport/models/tiny-gpt-oss-mxfp4"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -22,8 +22,8 @@ def _cli(fn):
     print one line and exit 128 + the signal (130, 143), as shells and CI runners expect."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from export.atomic import interrupts, signal_of
-        from export.errors import EdgeportError
+        from edgeport.core.atomic import interrupts, signal_of
+        from edgeport.core.errors import EdgeportError
 
         try:
             with interrupts():
@@ -42,7 +42,7 @@ def _one_line_usage_errors() -> None:
     """Invoke answers a malformed typed option (`--port abc`, `--temperature hot`) with a ValueError
     traceback, and its own parse errors (an unknown flag, a flag without its value, a missing
     --artifact) with exit 1. Every edgeport command answers a usage mistake with one line on stderr
-    and exit 2, as `python -m serving` (argparse) does: both become invoke's Exit(message, 2)."""
+    and exit 2, as `python -m edgeport.serving` (argparse) does: both become invoke's Exit(message, 2)."""
     import re
 
     from invoke.exceptions import ParseError
@@ -77,7 +77,7 @@ _one_line_usage_errors()
 def _number(option: str, value, kind=int, *, least=None, most=None, above=None):
     """An option's value as `kind`, in range; a user mistake is an EdgeportError (one line, exit 2).
     `least`/`most`: inclusive bounds; `above`: exclusive lower bound."""
-    from export.errors import EdgeportError
+    from edgeport.core.errors import EdgeportError
 
     name = f"--{option.replace('_', '-')}"
     try:
@@ -97,7 +97,7 @@ def _number(option: str, value, kind=int, *, least=None, most=None, above=None):
 
 def _existing(option: str, path) -> Path:
     """A path the user named that must exist (an artifact, a model, a file)."""
-    from export.errors import EdgeportError
+    from edgeport.core.errors import EdgeportError
 
     p = Path(path)
     if not p.exists():
@@ -107,7 +107,7 @@ def _existing(option: str, path) -> Path:
 
 def _generation_options(artifact, effort, max_new_tokens, temperature, seed) -> tuple[int, float, int]:
     """run's and chat's shared options, checked before anything loads: (max_new_tokens, temperature, seed)."""
-    from serving.chat import effort_or_error
+    from edgeport.serving.chat import effort_or_error
 
     effort_or_error(effort)
     _existing("artifact", artifact)
@@ -137,11 +137,11 @@ def _quiet_libs():
 def models(c, force=False):
     """Build the MXFP4 variant of the bundled tiny gpt-oss (deterministic, < 1 s).
 
-    The trained tiny checkpoints themselves are committed (models/build_tiny.py made them).
+    The trained tiny checkpoints themselves are committed (edgeport/models/build_tiny.py made them).
     """
-    from export.atomic import staging
-    from export.hf_mxfp4 import write_mxfp4_checkpoint
-    from export.source import Source
+    from edgeport.core.atomic import staging
+    from edgeport.core.source import Source
+    from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
 
     out = ROOT / MXFP4_MODEL
     if out.exists() and not force:
@@ -188,8 +188,8 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
     complete (and parity passed). Writes the model file, manifest.json and parity.json.
     """
     _quiet_libs()
-    from export.pipeline import export as run_export
-    from export.progress import console
+    from edgeport.core.progress import console
+    from edgeport.export.pipeline import export as run_export
 
     if model == MXFP4_MODEL and not (ROOT / MXFP4_MODEL).exists():
         models(c)
@@ -222,7 +222,7 @@ def toolenvs(c, setup=None, clear=None, clear_all=False):
     They live in ~/.cache/edgeport/toolenvs (or $EDGEPORT_TOOLENVS); each directory name carries
     a hash of its pins, so a changed pin makes a fresh one.
     """
-    from export import toolenv
+    from edgeport.core import toolenv
 
     if setup:
         toolenv.get(setup)
@@ -251,7 +251,7 @@ def parity(c, artifact, device_output=None, source=None):
     judged (truncated, fields missing).
     """
     _quiet_libs()
-    from export.pipeline import device_parity, parity_for_artifact
+    from edgeport.export.pipeline import device_parity, parity_for_artifact
 
     if device_output:
         report = device_parity(Path(artifact), Path(device_output), source)
@@ -283,8 +283,8 @@ def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=6
                                                             temperature, seed)
     top_p = _number("top_p", top_p, float, above=0.0, most=1.0)
     _quiet_libs()
-    import runtimes
-    from serving.chat import Reply
+    from edgeport import runtimes
+    from edgeport.serving.chat import Reply
 
     with runtimes.load(artifact) as rt:
         p = [{"role": "user", "content": prompt}] if chat else prompt
@@ -317,8 +317,8 @@ def serve(c, artifact, host="127.0.0.1", port=8000, parallel=None, queue=16, ctx
           threads=None):
     """Serve an artifact over an OpenAI-compatible API: /v1/chat/completions (gpt-oss reasoning
     effort low|medium|high or fast|balanced|deep; reasoning in `reasoning_content`), /v1/completions,
-    /v1/models, /health. Same as `python -m serving` (for devices without Invoke)."""
-    from serving.server import serve as do_serve
+    /v1/models, /health. Same as `python -m edgeport.serving` (for devices without Invoke)."""
+    from edgeport.serving.server import serve as do_serve
 
     # every number checked before anything loads (serve() checks the ranges, the ports and the key)
     opt = lambda name, v: None if v is None else _number(name, v)
@@ -338,7 +338,7 @@ def serve(c, artifact, host="127.0.0.1", port=8000, parallel=None, queue=16, ctx
 def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0):
     """Chat with an artifact in the terminal: multi-turn, streaming, gpt-oss reasoning shown
     apart from the answer. Commands: /effort low|medium|high, /reset, /exit (or Ctrl-D)."""
-    from serving.chat import chat as do_chat
+    from edgeport.serving.chat import chat as do_chat
 
     max_new_tokens, temperature, seed = _generation_options(artifact, reasoning_effort, max_new_tokens,
                                                             temperature, seed)
@@ -364,7 +364,7 @@ def push(c, artifact, to, force=False, insecure=False):
     """Publish an artifact to a model registry: GGUF as Docker Model Runner models, the rest as
     CNCF ModelPack artifacts; on the Hub one commit with a model card. The OCI manifest (or the
     Hub commit) is written last: an interrupted push leaves no tag."""
-    from publishing.transfer import push as do_push
+    from edgeport.publishing.transfer import push as do_push
 
     print(f"pushed {do_push(Path(artifact), to, force=force, insecure=insecure)}")
 
@@ -379,7 +379,7 @@ def push(c, artifact, to, force=False, insecure=False):
 def pull(c, from_, out, force=False, insecure=False):
     """Fetch an artifact onto this machine. Every byte is checked against its digest and every
     file against the artifact's manifest.json before --out appears; a mismatch leaves nothing."""
-    from publishing.transfer import pull as do_pull
+    from edgeport.publishing.transfer import pull as do_pull
 
     path, pinned = do_pull(from_, Path(out), force=force, insecure=insecure)
     print(f"pulled {pinned} -> {path}")
@@ -394,7 +394,7 @@ def tools(c, build=False, force=False):
     Built from the llama.cpp in the pinned llama-cpp-python sdist (the commit our quantizer and
     runtime use) on first use, then reused, in ~/.cache/edgeport/llama.cpp-tools/<version>.
     """
-    from tools import llama_cpp as lt
+    from edgeport.core import llama_tools as lt
 
     if build or force:
         lt.build(force=force)
@@ -410,7 +410,8 @@ def tools(c, build=False, force=False):
 
 @task(help={
     "device": "a device profile in targets/devices.toml, e.g. rtx-4090, apple-m-32gb, orin-agx-64gb, 8x-h100-80gb",
-    "model": "model directory (config.json, tokenizer.json) or a config.json; e.g. planning/configs/gpt-oss-20b.json",
+    "model": ("model directory (config.json, tokenizer.json) or a config.json; "
+              "e.g. edgeport/planning/configs/gpt-oss-20b.json"),
     "target": "cpu | apple | vllm | onnx | jetson (default: the device's recommended target)",
     "context": "tokens per sequence (default: the target's n_ctx / max_model_len)",
     "concurrency": "sequences held at once (each with --context tokens of KV cache)",
@@ -424,8 +425,8 @@ def plan(c, device, model, target=None, context=None, concurrency=1, quantizatio
          json_=False):
     """Will the model fit the device? Weights, KV cache and runtime buffers from config.json alone, and what to
     change when it does not fit (context, --n-cpu-moe, n_gpu_layers, tensor parallelism, target)."""
-    from planning.memory import plan as make_plan
-    from planning.report import render
+    from edgeport.planning.memory import plan as make_plan
+    from edgeport.planning.report import render
 
     context = None if context is None else _number("context", context, least=1)
     concurrency = _number("concurrency", concurrency, least=1)
@@ -443,14 +444,14 @@ def plan(c, device, model, target=None, context=None, concurrency=1, quantizatio
 def bench_export(c, layers="2,4", with_llama_cpp=False, workdir="/tmp/edgeport-bench"):
     """Benchmark: convert synthetic gpt-oss-20b-sized MXFP4 checkpoints; peak RSS and time."""
     args = f"--layers {layers} --workdir {workdir}" + (" --with-llama-cpp" if with_llama_cpp else "")
-    c.run(f"{sys.executable} bench/bench_export.py {args}", pty=False)
+    c.run(f"{sys.executable} -m edgeport.benchmarking.bench_export {args}", pty=False)
 
 
 @task(help={"layers": "comma-separated layer counts (default 1,2,4)",
             "workdir": "where synthetic checkpoints go (~1.7 GB per layer + 2.3 GB)"})
 def bench_requant(c, layers="1,2,4", workdir="/tmp/edgeport-bench-requant"):
     """Benchmark: BF16 gpt-oss-20b-sized layers -> MXFP4 checkpoint; time per layer, peak RSS."""
-    c.run(f"{sys.executable} bench/bench_requant.py --layers {layers} --workdir {workdir}", pty=False)
+    c.run(f"{sys.executable} -m edgeport.benchmarking.bench_requant --layers {layers} --workdir {workdir}", pty=False)
 
 
 @task(help={"slow": "also run the slow suites (llama.cpp converter oracle)"})
@@ -471,8 +472,8 @@ def lint(c):
 def show(c, artifact, json_=False):
     """One screen about an artifact: model, target, size, quantization with fallbacks, parity
     per stage, bench figures if any, and how to run, serve and ship it."""
-    from benchmarking.summary import render
-    from export import manifest as mf
+    from edgeport.benchmarking.summary import render
+    from edgeport.core import manifest as mf
 
     m = mf.load(Path(artifact))
     if json_:
@@ -505,7 +506,7 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
           api_key_env=None, reps=3, new_tokens=None, no_raw=False, out=None):
     """Measure speed: one artifact (--artifact), one model's artifacts side by side (--compare),
     or a running server under load (--serve)."""
-    from export.errors import EdgeportError
+    from edgeport.core.errors import EdgeportError
 
     chosen = [x for x in (artifact, compare, serve) if x]
     if len(chosen) != 1:
@@ -537,8 +538,8 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
         levels = [_number("clients", x, least=1) for x in str(clients).split(",")]
     _quiet_libs()
     if artifact:
-        from benchmarking.artifact import bench as run_bench
-        from benchmarking.artifact import save
+        from edgeport.benchmarking.artifact import bench as run_bench
+        from edgeport.benchmarking.artifact import save
 
         report = run_bench(Path(artifact), reps=int(reps), new_tokens=int(new_tokens or 32), with_raw=not no_raw)
         save(Path(artifact), report)
@@ -546,9 +547,9 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
         print(f"wrote {Path(artifact) / 'bench.json'}, {Path(artifact) / 'bench.png'}")
     elif compare:
 
-        from benchmarking.compare import compare as run_compare
-        from benchmarking.compare import table
-        from benchmarking.plots import compare_figure
+        from edgeport.benchmarking.compare import compare as run_compare
+        from edgeport.benchmarking.compare import table
+        from edgeport.benchmarking.plots import compare_figure
 
         dirs = [Path(p) for item in compare for p in item.split(",") if p]
         result = run_compare(dirs, reps=int(reps), new_tokens=int(new_tokens or 32))
@@ -558,7 +559,7 @@ def bench(c, artifact=None, compare=None, serve=None, clients="1,4,8", requests=
         compare_figure(result, stem.with_suffix(".png"))
         print(f"wrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
     else:
-        from benchmarking.serve_load import load
+        from edgeport.benchmarking.serve_load import load
 
         key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not key:

@@ -6,17 +6,17 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgeport.models import MODELS
 
-GPT_OSS = ROOT / "models" / "tiny-gpt-oss"
-LLAMA = ROOT / "models" / "tiny-llama"
+ROOT = Path(__file__).resolve().parent.parent
+
+GPT_OSS = MODELS / "tiny-gpt-oss"
+LLAMA = MODELS / "tiny-llama"
 
 
 def in_ci() -> bool:
@@ -40,7 +40,7 @@ def asgi_server(app, what: str = "the server"):
 
     import uvicorn
 
-    from serving.engines import free_port
+    from edgeport.serving.engines import free_port
 
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -74,8 +74,8 @@ def llama_dir() -> Path:
 @pytest.fixture(scope="session")
 def mxfp4_dir(tmp_path_factory) -> Path:
     """The tiny gpt-oss saved the way openai/gpt-oss-20b is (experts MXFP4)."""
-    from export.hf_mxfp4 import write_mxfp4_checkpoint
-    from export.source import Source
+    from edgeport.core.source import Source
+    from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
 
     out = tmp_path_factory.mktemp("m") / "tiny-gpt-oss-mxfp4"
     write_mxfp4_checkpoint(Source.open(GPT_OSS), out)
@@ -103,9 +103,9 @@ _gguf_cache: dict = {}
 
 def gguf_of(model_dir: Path, tmp_root: Path, **kw) -> Path:
     """GGUF conversion of a model dir, cached per (dir, options) for the session."""
-    from export.architectures import for_config
-    from export.gguf_convert import write_gguf
-    from export.source import Source
+    from edgeport.core.architectures import for_config
+    from edgeport.core.source import Source
+    from edgeport.export.gguf_convert import write_gguf
 
     key = (str(model_dir), tuple(sorted(kw.items())))
     if key not in _gguf_cache:
@@ -125,7 +125,7 @@ def gguf_dir(tmp_path_factory) -> Path:
 def exported(tmp_path_factory):
     """`exported(name)` -> (path, manifest) of a tests/export_cases.py case, exported once per
     session with the default gate (an export whose parity fails raises)."""
-    from export.pipeline import export
+    from edgeport.export.pipeline import export
     from tests.export_cases import CASES, case_model
 
     root = tmp_path_factory.mktemp("cases")

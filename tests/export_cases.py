@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeport.models import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name -> export arguments; `model` is a key of MODELS
@@ -54,18 +56,18 @@ def needs_toolenv(name: str) -> bool:
 def case_model(key: str, workdir: Path) -> Path:
     """The model directory of a MODELS key; derived ones are built into `workdir` once."""
     if key in ("tiny-gpt-oss", "tiny-llama"):
-        return ROOT / "models" / key
+        return MODELS / key
     out = workdir / key
     if out.is_dir():
         return out
     tmp = workdir / f".{key}.partial"
     if key == "tiny-gpt-oss-mxfp4":
-        from export.hf_mxfp4 import write_mxfp4_checkpoint
-        from export.source import Source
+        from edgeport.core.source import Source
+        from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
 
-        write_mxfp4_checkpoint(Source.open(ROOT / "models" / "tiny-gpt-oss"), tmp)
+        write_mxfp4_checkpoint(Source.open(MODELS / "tiny-gpt-oss"), tmp)
     elif key.startswith("random-"):
-        from models.build_random import build
+        from edgeport.models.build_random import build
 
         build(key.removeprefix("random-"), tmp)
     else:

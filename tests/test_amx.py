@@ -17,9 +17,9 @@ import textwrap
 
 import pytest
 
-from export.gguf_quantize import quantize
-from runtimes import llamacpp
-from runtimes.llamacpp import _model_params, cpu_has_amx, extra_bufts_enabled
+from edgeport.export.gguf_quantize import quantize
+from edgeport.runtimes import llamacpp
+from edgeport.runtimes.llamacpp import _model_params, cpu_has_amx, extra_bufts_enabled
 from tests.conftest import ROOT, gguf_of
 
 ENV = "EDGEPORT_LLAMA_EXTRA_BUFTS"
@@ -29,15 +29,14 @@ EXTRA = {"CPU_REPACK", "AMX"}  # llama.cpp's CPU extra buffer types (ggml-cpu re
 # discard it), then run one forward pass so the chosen kernels actually execute.
 CHILD = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, {root!r})
-    import export.llama_log as ll
+    import edgeport.core.llama_log as ll
     logs = []
     class Recorder(ll.LlamaLog):
         def __exit__(self, *exc):
             logs.append(self.text)
             return super().__exit__(*exc)
     ll.LlamaLog = Recorder
-    from runtimes.llamacpp import LlamaCppRuntime
+    from edgeport.runtimes.llamacpp import LlamaCppRuntime
     rt = LlamaCppRuntime({path!r}, n_ctx=256)
     rt.logits(list(range(10, 40)))
     print(json.dumps({{"extra_bufts": rt.extra_bufts, "log": logs[0]}}))

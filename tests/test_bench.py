@@ -1,6 +1,6 @@
 """invoke bench: one artifact against its raw backend (bench.json, manifest, PNG), the
 comparison table across one model's artifacts, and load on a real running server
-(`python -m serving`, our front over llama-server, built by tools/llama_cpp.py; and a scripted
+(`python -m edgeport.serving`, our front over llama-server, built by tools/llama_cpp.py; and a scripted
 server whose timing is known). Speeds are measured and written,
 never asserted against a goal: those live in the note and bench/, not in timed tests."""
 
@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from edgeport.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +36,8 @@ def _invoke(*args: str) -> subprocess.CompletedProcess:
                                   pytest.param("cpu-llama", marks=pytest.mark.slow),
                                   "onnx-llama-int8", "onnx-gpt-oss-mxfp4-int8"])
 def test_bench_artifact_writes_report_manifest_and_figure(exported, tmp_path, case):
-    from export import manifest as mf
-    from publishing.artifact import for_push
+    from edgeport.core import manifest as mf
+    from edgeport.publishing.artifact import for_push
 
     art = _copy(exported, case, tmp_path)
     r = _invoke("bench", "--artifact", str(art), "--reps", "2", "--new-tokens", "8")
@@ -73,11 +75,11 @@ def test_bench_refuses_a_runtime_that_does_not_run_here(exported):
 def test_compare_tiny_gpt_oss_reference_gguf_onnx_int8_int4(exported, tmp_path):
     """The seed's table: reference, GGUF Q4_K_M, ONNX int8, ONNX int4 (int4 fails the gate on
     the tiny gpt-oss, so it is kept with --keep-failed and the table says so)."""
-    from export.pipeline import export
+    from edgeport.export.pipeline import export
 
     gguf, _ = exported("cpu-gpt-oss")
-    onnx8, _ = export(str(ROOT / "models/tiny-gpt-oss"), "onnx", tmp_path / "onnx-int8")
-    onnx4, m4 = export(str(ROOT / "models/tiny-gpt-oss"), "onnx", tmp_path / "onnx-int4", quantization="int4",
+    onnx8, _ = export(str(MODELS / "tiny-gpt-oss"), "onnx", tmp_path / "onnx-int8")
+    onnx4, m4 = export(str(MODELS / "tiny-gpt-oss"), "onnx", tmp_path / "onnx-int4", quantization="int4",
                        keep_failed=True)
     out = tmp_path / "cmp"
     r = _invoke("bench", "--compare", f"{gguf},{onnx8}", "--compare", str(onnx4), "--reps", "2",
@@ -104,7 +106,7 @@ def test_compare_refuses_artifacts_of_different_models(exported):
 
 @pytest.fixture(scope="module")
 def front(exported):
-    """Our front (`python -m serving`, what `invoke serve` runs) over llama-server, 4 slots, on the
+    """Our front (`python -m edgeport.serving`, what `invoke serve` runs) over llama-server, 4 slots, on the
     bundled tiny gpt-oss: it reasons (analysis channel) before it answers."""
     from tests.test_serving import server
 
@@ -182,7 +184,7 @@ def scripted_server():
 
 def test_bench_serve_measures_what_the_server_did(scripted_server):
     """Each figure against the server's known timing, not against another figure of the same run."""
-    from benchmarking.serve_load import load
+    from edgeport.benchmarking.serve_load import load
 
     res = load(scripted_server, [1, 2], requests_per_client=2, max_tokens=16)
     first, gap = SCRIPT["first_token_at"] * 1000, SCRIPT["gap"] * 1000
@@ -201,7 +203,7 @@ def test_bench_serve_measures_what_the_server_did(scripted_server):
 
 
 def test_bench_serve_unreachable_is_one_line(tmp_path):
-    from bench.registry import free_port
+    from edgeport.benchmarking.registry import free_port
 
     r = _invoke("bench", "--serve", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.json"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("edgeport: error:")

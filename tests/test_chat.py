@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtimes.chat import (
+from edgeport.runtimes.chat import (
     HARMONY_CHAT_TEMPLATE,
     StopMatcher,
     as_messages,
@@ -57,7 +57,7 @@ def test_reply_prints_reasoning_apart_from_the_answer_whatever_the_pieces():
     pieces that split markers anywhere: reasoning after "thinking:", the answer after "assistant:"."""
     import io
 
-    from serving.chat import Reply
+    from edgeport.serving.chat import Reply
 
     raw = ("<|channel|>analysis<|message|>The user wants code.<|end|><|start|>assistant<|channel|>final"
            "<|message|>def f(): pass")

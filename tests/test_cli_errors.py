@@ -1,7 +1,7 @@
 """Every user mistake on serve, run, chat, plan, push, pull and bench ends in one line on stderr and
 exit 2, never a traceback: non-numbers, numbers out of range, missing files, bad URIs, unknown
 words, unknown flags, missing options. Each is caught before any model loads, so the whole table
-runs in seconds (the commands run as real subprocesses, `invoke …` and `python -m serving …`)."""
+runs in seconds (the commands run as real subprocesses, `invoke …` and `python -m edgeport.serving …`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import ROOT
 
 INVOKE = [sys.executable, "-m", "invoke"]
-SERVING = [sys.executable, "-m", "serving"]
+G20 = "edgeport/planning/configs/gpt-oss-20b.json"
+SERVING = [sys.executable, "-m", "edgeport.serving"]
 MISSING = "/nonexistent/edgeport-artifact"
 UNSET = "EDGEPORT_TEST_UNSET_VARIABLE"
 
@@ -46,7 +47,7 @@ CASES = [
     ("serve-no-artifact", [*INVOKE, "serve"], "artifact"),
     ("serve-unknown-flag", [*INVOKE, "serve", "--artifact", "{art}", "--bogus", "1"], "--bogus"),
     ("serve-flag-without-value", [*INVOKE, "serve", "--artifact", "{art}", "--port"], "--port"),
-    # python -m serving (no Invoke, on a device)
+    # python -m edgeport.serving (no Invoke, on a device)
     ("m-serving-port-too-big", [*SERVING, "--artifact", "{art}", "--port", "70000"], "--port"),
     ("m-serving-port-word", [*SERVING, "--artifact", "{art}", "--port", "abc"], "--port"),
     ("m-serving-port-negative", [*SERVING, "--artifact", "{art}", "--port", "-1"], "--port"),
@@ -92,23 +93,23 @@ CASES = [
     ("chat-effort-unknown", [*INVOKE, "chat", "--artifact", "{dir}", "--reasoning-effort", "bogus"], "bogus"),
     ("chat-artifact-missing", [*INVOKE, "chat", "--artifact", MISSING], MISSING),
     # invoke plan
-    ("plan-device-unknown", [*INVOKE, "plan", "--device", "toaster", "--model", "planning/configs/gpt-oss-20b.json"],
+    ("plan-device-unknown", [*INVOKE, "plan", "--device", "toaster", "--model", G20],
      "toaster"),
     ("plan-model-missing", [*INVOKE, "plan", "--device", "rtx-4090", "--model", MISSING], MISSING),
-    ("plan-target-unknown", [*INVOKE, "plan", "--device", "rtx-4090", "--model", "planning/configs/gpt-oss-20b.json",
+    ("plan-target-unknown", [*INVOKE, "plan", "--device", "rtx-4090", "--model", G20,
                              "--target", "abacus"], "abacus"),
-    ("plan-context-word", [*INVOKE, "plan", "--device", "rtx-4090", "--model", "planning/configs/gpt-oss-20b.json",
+    ("plan-context-word", [*INVOKE, "plan", "--device", "rtx-4090", "--model", G20,
                            "--context", "long"], "--context"),
-    ("plan-context-zero", [*INVOKE, "plan", "--device", "rtx-4090", "--model", "planning/configs/gpt-oss-20b.json",
+    ("plan-context-zero", [*INVOKE, "plan", "--device", "rtx-4090", "--model", G20,
                            "--context", "0"], "--context"),
     ("plan-concurrency-word", [*INVOKE, "plan", "--device", "rtx-4090", "--model",
-                               "planning/configs/gpt-oss-20b.json", "--concurrency", "two"], "--concurrency"),
+                               G20, "--concurrency", "two"], "--concurrency"),
     ("plan-concurrency-negative", [*INVOKE, "plan", "--device", "rtx-4090", "--model",
-                                   "planning/configs/gpt-oss-20b.json", "--concurrency=-2"], "--concurrency"),
+                                   G20, "--concurrency=-2"], "--concurrency"),
     ("plan-quantization-unknown", [*INVOKE, "plan", "--device", "rtx-4090", "--model",
-                                   "planning/configs/gpt-oss-20b.json", "--target", "cpu", "--quantization", "Q9_Z"],
+                                   G20, "--target", "cpu", "--quantization", "Q9_Z"],
      "Q9_Z"),
-    ("plan-no-device", [*INVOKE, "plan", "--model", "planning/configs/gpt-oss-20b.json"], "device"),
+    ("plan-no-device", [*INVOKE, "plan", "--model", G20], "device"),
     # invoke push
     ("push-artifact-missing", [*INVOKE, "push", "--artifact", MISSING, "--to", "file:///tmp/x"], MISSING),
     ("push-uri-scheme", [*INVOKE, "push", "--artifact", "{art}", "--to", "ftp://host/repo"], "ftp://host/repo"),

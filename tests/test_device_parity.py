@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import jetson_kit
-from export import manifest as mf
-from export.jetson_export import eval_requests
-from export.pipeline import device_parity, export
-from parity.device import continuation_match, path_regret, thresholds
-from parity.metrics import log_softmax
-from runtimes.reference import ReferenceRuntime
+from edgeport.core import manifest as mf
+from edgeport.export import jetson_kit
+from edgeport.export.jetson_export import eval_requests
+from edgeport.export.pipeline import device_parity, export
+from edgeport.parity.device import continuation_match, path_regret, thresholds
+from edgeport.parity.metrics import log_softmax
+from edgeport.runtimes.reference import ReferenceRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,8 +114,8 @@ def assert_judged_failure(proc: subprocess.CompletedProcess, reason: str) -> Non
 def test_trtllm_simulated_engine_output_passes(trt_kit, llama_dir, tmp_path):
     """What an Orin returns to simulation accuracy (W8A16 in torch on the kit's weights) is
     within the device bounds: they are not tighter than the quantization itself."""
-    from runtimes.reference import model_info_from_hf
-    from runtimes.simulated import SimulatedRuntime
+    from edgeport.runtimes.reference import model_info_from_hf
+    from edgeport.runtimes.simulated import SimulatedRuntime
 
     spec = json.loads((trt_kit / "eval_inputs.json").read_text())
     sim = SimulatedRuntime(trt_kit / "trtllm_checkpoint", model_info_from_hf(llama_dir), hf_dir=trt_kit / "hf")
@@ -202,7 +202,7 @@ from pathlib import Path
 
 import torch
 
-from runtimes.reference import ReferenceRuntime
+from edgeport.runtimes.reference import ReferenceRuntime
 
 
 class ModelRunner:
@@ -343,7 +343,7 @@ def test_real_edgellm_export_device_parity(exported, edge_kit, edge_good, ref, t
     case, copied so its manifest stays as exported) asks the device the same requests as
     edge_kit; the reference's text passes, the simulated W8A8 engine's text (to simulation
     accuracy, what the Orin returns) passes, "zzz" fails."""
-    from runtimes import load_runtime
+    from edgeport.runtimes import load_runtime
 
     path = tmp_path / "edge"
     shutil.copytree(exported("jetson-llama-int8")[0], path)

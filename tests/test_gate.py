@@ -5,10 +5,10 @@ broken writer on a trained model still fails on every target. Profiles are valid
 import numpy as np
 import pytest
 
-import targets
-from export.errors import ParityFailure, TargetError
-from export.pipeline import export
-from parity.metrics import check, compare_logits, summarize, top1_regret, validate_thresholds
+from edgeport import targets
+from edgeport.core.errors import ParityFailure, TargetError
+from edgeport.export.pipeline import export
+from edgeport.parity.metrics import check, compare_logits, summarize, top1_regret, validate_thresholds
 from tests.export_cases import CASES, needs_toolenv
 
 # the gate's old rule, judged on raw top-1, per case: what refused these exports
@@ -95,7 +95,7 @@ def _swap_nibbles(quantize):
 
 def test_broken_mxfp4_writer_fails_vllm(gpt_oss_dir, tmp_path, monkeypatch):
     """Swapped nibble order in the MXFP4 writer: transformers loads the checkpoint, parity fails."""
-    import export.hf_mxfp4 as hm
+    import edgeport.export.hf_mxfp4 as hm
 
     monkeypatch.setattr(hm.mxfp4, "quantize", _swap_nibbles(hm.mxfp4.quantize))
     with pytest.raises(ParityFailure, match="end_to_end: mean_kl"):
@@ -106,7 +106,7 @@ def test_broken_mxfp4_writer_fails_vllm(gpt_oss_dir, tmp_path, monkeypatch):
 @pytest.mark.toolenv
 def test_broken_int8_writer_fails_onnx(llama_dir, tmp_path, monkeypatch):
     """Halved per-channel INT8 scales in the Q/DQ rewrite (--ep tensorrt): parity fails."""
-    import export.onnx_graph as og
+    import edgeport.export.onnx_graph as og
 
     good = og.int8_per_channel
     monkeypatch.setattr(og, "int8_per_channel", lambda w: (lambda q, s: (q, s * 0.5))(*good(w)))
@@ -117,7 +117,7 @@ def test_broken_int8_writer_fails_onnx(llama_dir, tmp_path, monkeypatch):
 def test_broken_trtllm_writer_fails_jetson6(llama_dir, tmp_path, monkeypatch):
     """q and k concatenated in the wrong order into attention.qkv: the simulation reads the kit
     as TensorRT-LLM would split it, and parity fails."""
-    import export.trtllm_checkpoint as tc
+    import edgeport.export.trtllm_checkpoint as tc
 
     good = tc.plan
 

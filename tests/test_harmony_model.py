@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.harmony import MARKERS
+from edgeport.serving.harmony import MARKERS
 from tests.test_serving import _client, _model, server
 
 ENGINES = {
@@ -24,7 +24,7 @@ def served(request, exported):
 
 
 def test_reasoning_is_separated_and_follows_the_effort(served):
-    from models.build_harmony import EVAL_PROMPTS
+    from edgeport.models.build_harmony import EVAL_PROMPTS
 
     c = _client(served)
     model = _model(c)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("HF_TOKEN") or not _hub_reach
 def test_push_pull_round_trip(exported, tmp_path):
     from huggingface_hub import HfApi
 
-    from publishing.transfer import pull, push
+    from edgeport.publishing.transfer import pull, push
 
     artifact, _ = exported("cpu-llama")
     api = HfApi()

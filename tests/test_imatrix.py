@@ -8,9 +8,10 @@ import gguf
 import numpy as np
 import pytest
 
-from export.errors import CalibrationError, QuantizationError
-from export.gguf_quantize import quantize
-from export.imatrix import IMatrix, compute, load_calibration
+from edgeport.core.errors import CalibrationError, QuantizationError
+from edgeport.export.gguf_quantize import quantize
+from edgeport.export.imatrix import IMatrix, compute, load_calibration
+from edgeport.models import MODELS
 from tests.conftest import ROOT, gguf_of, unavailable
 
 
@@ -42,7 +43,7 @@ def _text(n_chars: int, seed: int) -> str:
     """Python source from the standard library, the kind of text the tiny models know."""
     import random
 
-    files = sorted((ROOT / "export").glob("*.py")) + sorted((ROOT / "parity").glob("*.py"))
+    files = sorted((ROOT / "edgeport" / "export").glob("*.py")) + sorted((ROOT / "edgeport" / "parity").glob("*.py"))
     random.Random(seed).shuffle(files)
     return "\n".join(f.read_text() for f in files)[:n_chars]
 
@@ -93,7 +94,7 @@ def test_too_little_text(llama_dir, gguf_dir, tmp_path):
 
 
 def test_thresholds_per_scheme():
-    import targets
+    from edgeport import targets
 
     p = targets.load("cpu")
     assert p.thresholds("llama", None, "Q2_K")["quantization"]["mean_kl_max"] > \
@@ -108,7 +109,7 @@ def test_thresholds_per_scheme():
 ])
 def test_cli_refusals_leave_nothing(tmp_path, args, message):
     out = tmp_path / "a"
-    cmd = [sys.executable, "-m", "invoke", "export", "--model", "models/tiny-llama", "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "invoke", "export", "--model", "edgeport/models/tiny-llama", "--out", str(out), *args]
     if "--target" not in args:
         cmd[4:4] = ["--target", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -120,8 +121,8 @@ def test_cli_refusals_leave_nothing(tmp_path, args, message):
 def _tool(name):
     """The oracle, built here if this machine has not built it yet (about 10 minutes, once,
     cached): the test does not rely on another test file having built it first."""
-    from export.errors import RuntimeUnavailable
-    from tools import llama_cpp as lt
+    from edgeport.core import llama_tools as lt
+    from edgeport.core.errors import RuntimeUnavailable
 
     try:
         return lt.tool(name, build=True)
@@ -140,7 +141,7 @@ def test_collection_identical_to_llama_imatrix(model, gguf_dir, tmp_path):
     """Our in-process sums and counts equal llama-imatrix's (same llama.cpp commit) bit for bit, run
     one 512-token chunk per batch as we do (`-b 512`; its default -b 2048 batches four chunks,
     which reorders float additions: measured within 2.4e-6 relative of ours)."""
-    f16 = gguf_of(ROOT / "models" / model, gguf_dir)
+    f16 = gguf_of(MODELS / model, gguf_dir)
     text = tmp_path / "cal.txt"
     text.write_text(_text(30000, 2).rstrip("\n"))
     ours = compute(f16, load_calibration(text), max_chunks=4)
@@ -169,7 +170,7 @@ def _oracle_schemes():
 @pytest.mark.parametrize("model,scheme", list(_oracle_schemes()))
 def test_quantized_identical_to_llama_quantize_imatrix(model, scheme, gguf_dir, tmp_path):
     """Given the same imatrix file, our tensors are byte-identical to `llama-quantize --imatrix`."""
-    f16 = gguf_of(ROOT / "models" / model, gguf_dir)
+    f16 = gguf_of(MODELS / model, gguf_dir)
     m = compute(f16, load_calibration(), max_chunks=4)
     m.write(tmp_path / "imatrix.gguf")
     quantize(f16, tmp_path / "ours.gguf", scheme, imatrix=IMatrix.read(tmp_path / "imatrix.gguf"))

@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from export import edgellm
-from export.errors import QuantizationError
-from export.pipeline import export
+from edgeport.core.errors import QuantizationError
+from edgeport.export import edgellm
+from edgeport.export.pipeline import export
 
 pytestmark = pytest.mark.toolenv
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_int4_repacks_are_permutations():
         assert np.array_equal(got, np.sort(nib.ravel()))
     packed = rng.integers(0, 256, (4, 8), dtype=np.uint8)
     two = edgellm.unpack_nibbles(packed).astype(np.int8) - 8  # the plugin's (nibble - 8)
-    from runtimes.simulated import unpack_int4_rows
+    from edgeport.runtimes.simulated import unpack_int4_rows
     assert np.array_equal(two, unpack_int4_rows(packed))
 
 

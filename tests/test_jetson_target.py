@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import runtimes
-from export import edgellm, jetson_kit
-from export import manifest as mf
-from export.errors import QuantizationError, RuntimeUnavailable, TargetError
-from export.pipeline import export
-from runtimes.simulated import SimulatedRuntime, trtllm_w8a16
+from edgeport import runtimes
+from edgeport.core import manifest as mf
+from edgeport.core.errors import QuantizationError, RuntimeUnavailable, TargetError
+from edgeport.export import edgellm, jetson_kit
+from edgeport.export.pipeline import export
+from edgeport.runtimes.simulated import SimulatedRuntime, trtllm_w8a16
 
 pytestmark = pytest.mark.toolenv
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +217,7 @@ def test_device_runtimes_fail_with_one_clear_line(edge_int8, trt_kit):
 def test_int4_awq_unpacking_reconstructs_the_source(llama_dir, tmp_path):
     """The int4 layout the simulation assumes (row pairs in low/high nibbles, two's complement)
     is the one that gives back the source weights; the others are far off."""
-    from runtimes.simulated import unpack_int4_rows
+    from edgeport.runtimes.simulated import unpack_int4_rows
 
     ckpt = tmp_path / "q4"
     edgellm.quantize(llama_dir, ckpt, "int4", 16, tmp_path / "q.log")
@@ -238,7 +238,7 @@ def test_int4_awq_unpacking_reconstructs_the_source(llama_dir, tmp_path):
 
 def test_trtllm_kit_serve_script(trt_kit, tmp_path):
     """serve.sh: shellcheck-clean; without an engine, one line and exit 2; with one, it execs
-    edgeport's front (`python3 -m serving`) on this kit with HOST/PORT/QUEUE/API_KEY_ENV."""
+    edgeport's front (`python3 -m edgeport.serving`) on this kit with HOST/PORT/QUEUE/API_KEY_ENV."""
     path, _ = trt_kit
     script = path / "serve.sh"
     assert os.access(script, os.X_OK)
@@ -256,5 +256,5 @@ def test_trtllm_kit_serve_script(trt_kit, tmp_path):
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PORT": "9001", "API_KEY_ENV": "MY_KEY"}
     r = subprocess.run(["bash", str(kit / "serve.sh"), "--ctx", "512"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(kit), "-m", "serving", "--artifact", ".", "--host", "127.0.0.1", "--port",
+    assert r.stdout.split() == [str(kit), "-m", "edgeport.serving", "--artifact", ".", "--host", "127.0.0.1", "--port",
                                 "9001", "--queue", "16", "--api-key-env", "MY_KEY", "--ctx", "512"]

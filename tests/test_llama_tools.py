@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import tools.llama_cpp as lt
-from export.atomic import Interrupted
-from export.errors import RuntimeUnavailable
-from runtimes import llamacpp
+import edgeport.core.llama_tools as lt
+from edgeport.core.atomic import Interrupted
+from edgeport.core.errors import RuntimeUnavailable
+from edgeport.runtimes import llamacpp
 from tests.conftest import LLAMA, gguf_of, unavailable
 
 # llama.cpp's `--version` (common's llama_print_build_info): "version: 0.5.0-dev (build 1, commit 0c1e570)"
@@ -187,7 +187,7 @@ def test_same_llama_cpp_as_the_binding(built):
 def test_quantize_writes_what_the_binding_writes(built, gguf_dir, tmp_path):
     """llama-quantize and the binding's quantizer (export.gguf_quantize) turn the same F16
     GGUF into the same bytes, and llama-quantize names the sdist's commit."""
-    from export.gguf_quantize import quantize
+    from edgeport.export.gguf_quantize import quantize
 
     f16 = gguf_of(LLAMA, gguf_dir)
     quantize(f16, tmp_path / "binding.gguf", "Q4_K_M")

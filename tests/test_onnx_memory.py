@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-import runtimes
-from planning import kv, memory, model
-from runtimes.onnxrt import ContextLengthExceeded, genai_kv_bytes
+from edgeport import runtimes
+from edgeport.planning import kv, memory, model
+from edgeport.runtimes.onnxrt import ContextLengthExceeded, genai_kv_bytes
 from tests.conftest import GPT_OSS, ROOT
 
 pytestmark = pytest.mark.toolenv
-G20 = ROOT / "planning" / "configs" / "gpt-oss-20b.json"
+G20 = ROOT / "edgeport" / "planning" / "configs" / "gpt-oss-20b.json"
 MIB = 2**20
 CTX = 512
 
@@ -34,8 +34,7 @@ CTX = 512
 # genai_config's context_length whatever the request).
 MEASURE = r"""
 import json, sys, time
-sys.path.insert(0, {root!r})
-import runtimes
+from edgeport import runtimes
 
 def rss():
     with open("/proc/self/status") as f:
@@ -105,7 +104,7 @@ def test_a_request_beyond_the_context_is_refused_before_any_work(gpt_oss_onnx):
             rt.greedy(ids, 25)
         # exactly the context: all of it generated
         ban = {t: -100 for t in rt.info.stop_token_ids}
-        from runtimes.base import GenerationResult
+        from edgeport.runtimes.base import GenerationResult
 
         res = GenerationResult()
         "".join(rt.stream_ids(ids, 24, logit_bias=ban, result=res))

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import runtimes
-from export import onnx_graph
-from export.errors import QuantizationError, TargetError
-from export.onnx_export import check_builder_input, transformers4_input
-from export.pipeline import export, source_location
-from runtimes.reference import ReferenceRuntime
+from edgeport import runtimes
+from edgeport.core.errors import QuantizationError, TargetError
+from edgeport.export import onnx_graph
+from edgeport.export.onnx_export import check_builder_input, transformers4_input
+from edgeport.export.pipeline import export, source_location
+from edgeport.runtimes.reference import ReferenceRuntime
 
 pytestmark = pytest.mark.toolenv
 LONG = "The quick brown fox jumps over the lazy dog while the sun sets slowly behind the hills. " * 12
@@ -132,7 +132,7 @@ def test_tensorrt_graph_is_standard_ops_with_symmetric_int8_qdq(llama_trt):
 
 
 def test_parity_task_rebuilds_the_same_graph_kind(llama_trt):
-    from export.pipeline import parity_for_artifact
+    from edgeport.export.pipeline import parity_for_artifact
 
     path, m = llama_trt
     report = parity_for_artifact(path)
@@ -205,7 +205,7 @@ def test_the_builders_even_layer_graph_is_wrong_for_odd_sliding_layers(gpt_oss_i
     """The control for the fix above: the unfixed windows diverge on prompts past the window.
     Judged against the graph's own int8 error on the same prompt (the model it was built from,
     whose windows it matches), so the bound does not move with the bundled weights."""
-    from parity.metrics import compare_logits
+    from edgeport.parity.metrics import compare_logits
 
     path, _ = gpt_oss_int8  # windows 64, -1, 64, -1 (the builder's assumption)
     with ReferenceRuntime(odd_sliding_dir) as odd, ReferenceRuntime(mxfp4_dir) as right, \

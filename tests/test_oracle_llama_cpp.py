@@ -17,12 +17,12 @@ import gguf
 import numpy as np
 import pytest
 
-import bench.llama_cpp_converter
-from bench.llama_cpp_converter import converter_command
-from export.architectures import GPT_OSS
-from export.gguf_export import GGUFExporter
-from export.gguf_quantize import quantize
-from export.llama_log import LlamaLog
+from edgeport.benchmarking import llama_cpp_converter
+from edgeport.benchmarking.llama_cpp_converter import converter_command
+from edgeport.core.architectures import GPT_OSS
+from edgeport.core.llama_log import LlamaLog
+from edgeport.export.gguf_export import GGUFExporter
+from edgeport.export.gguf_quantize import quantize
 from tests.conftest import gguf_of, unavailable
 
 # Keys allowed to differ, and why. Every other key must be present on both sides, equal.
@@ -41,7 +41,7 @@ EXPLICIT = {"tokenizer.ggml.add_bos_token": lambda vocab, lc: bool(lc.llama_voca
 def require_converter() -> Path:
     """The converter script; fails the test in CI when it cannot be had, skips (saying why) elsewhere."""
     try:
-        return bench.llama_cpp_converter.converter_script()
+        return llama_cpp_converter.converter_script()
     except RuntimeError as e:
         unavailable("the llama.cpp converter oracle", str(e).strip())
 
@@ -156,7 +156,7 @@ def test_unavailable_converter_fails_in_ci_and_says_why_elsewhere(monkeypatch, r
     def no_download():
         raise RuntimeError("cannot download the llama-cpp-python sdist: network unreachable")
 
-    monkeypatch.setattr(bench.llama_cpp_converter, "converter_script", no_download)
+    monkeypatch.setattr(llama_cpp_converter, "converter_script", no_download)
     if ci:
         monkeypatch.setenv("CI", ci)
     else:

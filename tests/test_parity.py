@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from parity import gate
-from parity.metrics import check, compare_logits, greedy_match, summarize
-from runtimes.llamacpp import LlamaCppRuntime
-from runtimes.reference import ReferenceRuntime
+from edgeport.parity import gate
+from edgeport.parity.metrics import check, compare_logits, greedy_match, summarize
+from edgeport.runtimes.llamacpp import LlamaCppRuntime
+from edgeport.runtimes.reference import ReferenceRuntime
 from tests.conftest import gguf_of
 
 

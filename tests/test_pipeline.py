@@ -9,11 +9,11 @@ import gguf
 import numpy as np
 import pytest
 
-from export import manifest as mf
-from export import mxfp4
-from export.errors import ArchitectureError, OutputError, QuantizationError, TargetError
-from export.pipeline import export
-from export.source import Source, sha256_file
+from edgeport.core import manifest as mf
+from edgeport.core.errors import ArchitectureError, OutputError, QuantizationError, TargetError
+from edgeport.core.source import Source, sha256_file
+from edgeport.export import mxfp4
+from edgeport.export.pipeline import export
 from tests.conftest import ROOT, copy_model
 
 
@@ -70,7 +70,7 @@ def test_mxfp4_experts_bit_exact_in_q4_k_m_artifact(mxfp4_artifact, mxfp4_dir):
 
 
 def test_artifact_runs_through_the_runtime_interface(mxfp4_artifact):
-    import runtimes
+    from edgeport import runtimes
 
     path, _ = mxfp4_artifact
     with runtimes.load(path) as rt:
@@ -113,7 +113,7 @@ def test_existing_output_needs_force(gpt_oss_dir, tmp_path):
 
 
 def test_failure_midway_leaves_nothing(gpt_oss_dir, tmp_path, monkeypatch):
-    import export.gguf_export as pl
+    import edgeport.export.gguf_export as pl
 
     def boom(*a, **k):
         raise QuantizationError("simulated failure")
@@ -125,7 +125,7 @@ def test_failure_midway_leaves_nothing(gpt_oss_dir, tmp_path, monkeypatch):
 
 
 def test_interrupt_leaves_nothing_and_keeps_old_artifact(gpt_oss_dir, tmp_path, monkeypatch):
-    import export.gguf_export as pl
+    import edgeport.export.gguf_export as pl
 
     out = tmp_path / "cpu"
     out.mkdir()
@@ -149,7 +149,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_parity_task_rechecks_an_artifact(mxfp4_artifact):
-    from export.pipeline import parity_for_artifact
+    from edgeport.export.pipeline import parity_for_artifact
 
     path, m = mxfp4_artifact
     before = m["parity"]["stages"]["quantization"]["summary"]["mean_kl"]
@@ -160,8 +160,8 @@ def test_parity_task_rechecks_an_artifact(mxfp4_artifact):
 
 
 def test_parity_refuses_a_changed_source(mxfp4_dir, tmp_path):
-    from export.errors import SourceError
-    from export.pipeline import parity_for_artifact
+    from edgeport.core.errors import SourceError
+    from edgeport.export.pipeline import parity_for_artifact
 
     src = copy_model(mxfp4_dir, tmp_path / "src")
     path, _ = export(str(src), "cpu", tmp_path / "cpu", parity=False)
@@ -184,8 +184,8 @@ def test_gate_catches_a_broken_converter(target, llama_dir, tmp_path, monkeypatc
     """Drop llama's Q/K RoPE permutation: the GGUF loads and runs, and parity must fail."""
     import dataclasses
 
-    import export.architectures as archs
-    from export.errors import ParityFailure
+    import edgeport.core.architectures as archs
+    from edgeport.core.errors import ParityFailure
 
     broken = dataclasses.replace(archs.LLAMA, rules=())
     monkeypatch.setattr(archs, "ARCHITECTURES", (archs.GPT_OSS, broken))

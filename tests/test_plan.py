@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-import targets
-from export.pipeline import source_location
-from planning import PlanError, devices, gguf_size, kv, measure, memory, model, weights
+from edgeport import targets
+from edgeport.export.pipeline import source_location
+from edgeport.planning import PlanError, devices, gguf_size, kv, measure, memory, model, weights
 from tests.export_cases import CASES, needs_toolenv
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "planning" / "configs"
+CONFIGS = ROOT / "edgeport" / "planning" / "configs"
 G20, G120 = CONFIGS / "gpt-oss-20b.json", CONFIGS / "gpt-oss-120b.json"
 FAST = {"cpu-gpt-oss-kquant", "cpu-gpt-oss-mxfp4", "cpu-llama", "vllm-gpt-oss", "vllm-gpt-oss-mxfp4",
         "onnx-llama-int8", "onnx-llama-tensorrt", "onnx-gpt-oss-mxfp4-int8", "jetson-llama-int8", "jetson6-llama"}
@@ -88,7 +88,7 @@ def test_the_fixture_configs_are_the_published_models():
     assert round(s120.params() / 1e9, 2) == 116.83  # model card: 116.8B total
     assert (s20.n_layers, s20.dims["experts"], s120.n_layers, s120.dims["experts"]) == (24, 32, 36, 128)
     assert s20.is_mxfp4 and s120.is_mxfp4 and s20.sliding_window == 128
-    from bench.synthetic import GPT_OSS_20B
+    from edgeport.benchmarking.synthetic import GPT_OSS_20B
 
     for k, v in GPT_OSS_20B.items():
         if k not in ("rope_parameters", "quantization_config"):
@@ -127,7 +127,7 @@ def test_planner_assumes_what_edgeports_runtime_passes(exported, monkeypatch):
     plans. If the runtime starts passing them, this fails: update kv.LlamaCppOptions."""
     import llama_cpp
 
-    from runtimes.llamacpp import LlamaCppRuntime
+    from edgeport.runtimes.llamacpp import LlamaCppRuntime
 
     root, m = exported("cpu-llama")
     seen = []
@@ -190,8 +190,8 @@ def test_tiny_compute_buffers_match_llama_cpp(case, exported):
 def test_synthetic_full_size_gpt_oss_20b_gguf_within_3_percent(tmp_path_factory):
     """A gpt-oss-20b-sized checkpoint (random MXFP4 experts, bench/synthetic.py) through the real
     cpu export: ~13 GB in, ~11.6 GB out, several minutes on 2 cores."""
-    from bench.synthetic import build_in_subprocess
-    from export.pipeline import export
+    from edgeport.benchmarking.synthetic import build_in_subprocess
+    from edgeport.export.pipeline import export
 
     work = tmp_path_factory.mktemp("synth20b")
     # at the peak: the source, an unquantized GGUF of about its size (the quantizer's

@@ -37,7 +37,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from bench.registry import PASSWORD, USER, LocalRegistry, free_port
+from edgeport.benchmarking.registry import PASSWORD, USER, LocalRegistry, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ def repo_of(case: str) -> str:
 def pushed(reg, exported) -> dict[str, str]:
     """Every case pushed to oci://<registry>/edgeport/<case>:v1 with auth on: the GGUF through
     the CLI (`invoke push --insecure`), the others through publishing.transfer.push."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     uris = {case: f"oci://{reg.host}/{repo_of(case)}:v1" for case in ALL_CASES}
     r = cli("push", "--artifact", str(exported(GGUF_CASE)[0]), "--to", uris[GGUF_CASE], "--insecure")
@@ -282,7 +282,7 @@ def test_exported_artifact_has_normal_permissions(exported, case):
 def test_registry_round_trip_is_byte_identical(reg, pushed, exported, case, tmp_path, creds):
     """push (above) then pull from the real registry (auth on): the same files, byte for byte;
     normal permissions; the kit's *.sh still executable. The GGUF goes through `invoke pull`."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(case)[0]
     out = tmp_path / "pulled"
@@ -306,7 +306,7 @@ def test_registry_round_trip_is_byte_identical(reg, pushed, exported, case, tmp_
 def test_layout_round_trip_is_byte_identical(exported, case, tmp_path):
     """file:// (an OCI image layout): push then pull, byte for byte, two tags in one layout; the
     Jetson kit through the CLI (executable bits restored), the GGUF through the API."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(case)[0]
     layout = tmp_path / "layout"
@@ -540,7 +540,7 @@ def gguf_blob(reg, exported):
     """The GGUF pushed into a repository of its own; yields (uri, path of its blob's data file
     in the registry's storage) and puts the original bytes back afterwards (blobs are shared by
     every repository of the registry)."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(GGUF_CASE)[0]
     uri = f"oci://{reg.host}/refuse/damaged:v1"
@@ -682,7 +682,7 @@ def test_pull_refuses_an_existing_out_without_force(pushed, exported, tmp_path):
 
 
 def test_pull_refuses_a_tampered_layout_blob(exported, tmp_path, dest):
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(GGUF_CASE)[0]
     layout = tmp_path / "layout"
@@ -703,7 +703,7 @@ def test_pull_refuses_a_tampered_layout_blob(exported, tmp_path, dest):
 def card_of(m: dict, repo_id: str = "edgeport-test/tiny"):
     from huggingface_hub import ModelCard
 
-    from publishing import modelcard
+    from edgeport.publishing import modelcard
 
     card = ModelCard(modelcard.build(m, repo_id))
     return card.data.to_dict(), card.text
@@ -756,9 +756,9 @@ def test_model_card_base_model_and_license(exported, tmp_path, llama_dir):
     """A hub source gives base_model + base_model_relation: quantized; a license in the source
     model card's front matter is recorded by export (the source need not be there at push) and
     copied to the card and to the ModelPack descriptor."""
-    from export.manifest import source_record
-    from export.source import Source
-    from publishing import formats
+    from edgeport.core.manifest import source_record
+    from edgeport.core.source import Source
+    from edgeport.publishing import formats
 
     _, m0 = exported(GGUF_CASE)
     m = copy.deepcopy(m0)
@@ -780,7 +780,7 @@ def test_model_card_base_model_and_license(exported, tmp_path, llama_dir):
     vpath, v0 = exported("vllm-gpt-oss")
     v = copy.deepcopy(v0)
     v["source"]["license"] = "apache-2.0"
-    from publishing.artifact import for_push
+    from edgeport.publishing.artifact import for_push
 
     _, files = for_push(vpath)
     assert formats.modelpack_config(v, files)["descriptor"]["licenses"] == ["apache-2.0"]
@@ -850,7 +850,7 @@ class FakeHub:
 def test_hub_push_is_one_commit(exported, case, rev):
     from huggingface_hub import CommitOperationAdd, ModelCard
 
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(case)[0]
     rec = HubRecorder()
@@ -888,8 +888,8 @@ def test_hub_push_is_one_commit(exported, case, rev):
 def test_hub_pull_round_trip_and_tamper(exported, tmp_path):
     """The committed files served back: identical tree, the card (README.md) left behind,
     pinned to the resolved commit; a tampered file in the repo is refused with nothing at --out."""
-    from publishing import transfer
-    from publishing.errors import PublishError
+    from edgeport.publishing import transfer
+    from edgeport.publishing.errors import PublishError
 
     artifact, _ = exported("jetson-llama-int8")
     rec = HubRecorder()
@@ -925,7 +925,7 @@ def test_hub_pull_keeps_the_kit_executable(exported, tmp_path):
     """The Hub stores no file modes, but the card tells Jetson users to run ./build_engine.sh
     and ./run.sh right after `invoke pull --from hf://...`: a Hub pull must make them executable
     as an OCI pull does."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported("jetson-llama-int8")[0]
     rec = HubRecorder()
@@ -941,7 +941,7 @@ def test_hub_pull_keeps_the_kit_executable(exported, tmp_path):
 
 def test_hub_pull_creates_the_parent_of_out(exported, tmp_path):
     """As an OCI pull does (export.atomic.check_writable): --out's parent need not exist yet."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     artifact = exported(GGUF_CASE)[0]
     rec = HubRecorder()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import LocalRegistry
+from edgeport.benchmarking.registry import LocalRegistry
 from tests.test_publishing import (
     assert_normal_modes,
     assert_one_line_error,
@@ -47,7 +47,7 @@ FAST = {"EDGEPORT_RETRY_BACKOFF": "0.02"}  # 0.02, 0.04, 0.08 s between attempts
 def make_kit(out: Path, weights_bytes: int = 3 * 2**20) -> Path:
     """Weights, a config, two scripts (0755), manifest.json as export writes it (file_entries
     records `executable: true` for the scripts), parity passed."""
-    from export import manifest as mf
+    from edgeport.core import manifest as mf
 
     out.mkdir(parents=True)
     (out / "llm").mkdir()
@@ -291,7 +291,7 @@ def test_push_gives_up_after_bounded_retries(reg, proxy, kit, tmp_path):
 def test_retry_after_is_capped_and_dates_are_read():
     from types import SimpleNamespace
 
-    from publishing import stores
+    from edgeport.publishing import stores
 
     def resp(v):
         return SimpleNamespace(headers={"Retry-After": v} if v is not None else {})
@@ -333,7 +333,7 @@ def test_stripped_modes_round_trip_per_manifest(reg, kit, transport, tmp_path):
 def test_pull_takes_modes_from_manifest_not_layer_annotations(kit, tmp_path):
     """A manifest whose layer annotations lost the x bit (another tool pushed it): the pull still
     makes the scripts executable, as the artifact's manifest.json says."""
-    from publishing import formats, transfer
+    from edgeport.publishing import formats, transfer
 
     layout = tmp_path / "layout"
     transfer.push(kit, f"file://{layout}:v1")
@@ -375,7 +375,7 @@ def _edited_kit(kit: Path, tmp_path: Path, edit) -> Path:
 def _edited_layout(kit: Path, tmp_path: Path, edit) -> str:
     """The kit pushed to a layout, then its index (edit(index, None)) or its OCI manifest
     (edit(None, manifest)) damaged in place."""
-    from publishing import transfer
+    from edgeport.publishing import transfer
 
     layout = tmp_path / "layout"
     transfer.push(kit, f"file://{layout}:v1")
@@ -417,8 +417,8 @@ MISTAKES = {
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_user_mistakes_are_one_line_errors(kit, tmp_path, mistake):
-    from publishing import transfer
-    from publishing.errors import PublishError
+    from edgeport.publishing import transfer
+    from edgeport.publishing.errors import PublishError
 
     verb, a, b = MISTAKES[mistake](kit, tmp_path)
     with pytest.raises(PublishError) as e:

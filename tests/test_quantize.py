@@ -6,10 +6,10 @@ import gguf
 import numpy as np
 import pytest
 
-from export.architectures import GPT_OSS
-from export.errors import QuantizationError
-from export.gguf_export import GGUFExporter
-from export.gguf_quantize import quantize, summarize, tensor_types
+from edgeport.core.architectures import GPT_OSS
+from edgeport.core.errors import QuantizationError
+from edgeport.export.gguf_export import GGUFExporter
+from edgeport.export.gguf_quantize import quantize, summarize, tensor_types
 from tests.conftest import gguf_of
 
 MXFP4 = gguf.GGMLQuantizationType.MXFP4

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from export import manifest as mf
-from export.source import sha256_file
+from edgeport.core import manifest as mf
+from edgeport.core.source import sha256_file
 from tests.conftest import ROOT
 from tests.export_cases import needs_toolenv
 
@@ -121,14 +121,14 @@ def test_readme_headline_export(tmp_path):
 
 
 def _export_kept(model, target, out, **kw):
-    from export.pipeline import export
+    from edgeport.export.pipeline import export
 
     return export(str(model), target, out, keep_failed=True, **kw)[1]["parity"]
 
 
 def test_bounds_catch_two_swapped_experts(gpt_oss_dir, tmp_path, monkeypatch):
     """The GGUF converter writing experts 0 and 1 in each other's place: the bounds fail."""
-    import export.gguf_convert as gc
+    import edgeport.export.gguf_convert as gc
 
     def swapped(src, name, fn):
         n = src.entry(name).shape[0]
@@ -143,7 +143,7 @@ def test_bounds_catch_two_swapped_experts(gpt_oss_dir, tmp_path, monkeypatch):
 def test_bounds_catch_one_halved_scale(gpt_oss_dir, tmp_path, monkeypatch):
     """The MXFP4 writer storing one expert weight's block scales one exponent low (halved): the
     vllm bounds fail."""
-    import export.hf_mxfp4 as hm
+    import edgeport.export.hf_mxfp4 as hm
 
     good, calls = hm.mxfp4.quantize, []
 
@@ -161,8 +161,8 @@ def test_bounds_catch_one_halved_scale(gpt_oss_dir, tmp_path, monkeypatch):
 def test_onnx_cuda_fp32_fails_loudly(tmp_path):
     """The builder's CUDA fp32 graph declares KV outputs no node produces: one line, exit 2, nothing written."""
     out = tmp_path / "o"
-    r = subprocess.run([sys.executable, "-m", "invoke", "export", "--target", "onnx", "--model", "models/tiny-llama",
-                        "--ep", "cuda", "--precision", "fp32", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "invoke", "export", "--target", "onnx", "--model",
+                        "edgeport/models/tiny-llama", "--ep", "cuda", "--precision", "fp32", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and not out.exists() and [p for p in tmp_path.iterdir()] == []
     assert r.stderr.strip().splitlines()[-1].startswith("edgeport: error: model.onnx: onnx.checker rejected the graph")

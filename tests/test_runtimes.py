@@ -8,13 +8,13 @@ import textwrap
 import numpy as np
 import pytest
 
-import runtimes
-from export.errors import RuntimeUnavailable
-from runtimes.llamacpp import LlamaCppRuntime
-from runtimes.reference import ReferenceRuntime
+from edgeport import runtimes
+from edgeport.core.errors import RuntimeUnavailable
+from edgeport.runtimes.llamacpp import LlamaCppRuntime
+from edgeport.runtimes.reference import ReferenceRuntime
 from tests.conftest import ROOT, gguf_of
 
-EVAL = [p["text"] for p in json.loads((ROOT / "parity" / "evalset.json").read_text())["prompts"]]
+EVAL = [p["text"] for p in json.loads((ROOT / "edgeport" / "parity" / "evalset.json").read_text())["prompts"]]
 
 
 @pytest.fixture(scope="module", params=["gpt-oss", "llama"])
@@ -92,13 +92,12 @@ def test_missing_llama_cpp_is_a_clear_error(monkeypatch, tmp_path):
 def test_q4_k_does_not_crash_on_amx_cpus(gpt_oss_dir, gguf_dir, tmp_path):
     """llama.cpp's AMX path segfaults on Q4_K matmuls (llama.cpp#20824); the runtime must
     avoid it. Run in a subprocess so a crash fails this test instead of killing pytest."""
-    from export.gguf_quantize import quantize
+    from edgeport.export.gguf_quantize import quantize
 
     q = tmp_path / "q.gguf"
     quantize(gguf_of(gpt_oss_dir, gguf_dir), q, "Q4_K_M")
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(ROOT)!r})
-        from runtimes.llamacpp import LlamaCppRuntime, cpu_has_amx, extra_bufts_enabled
+        from edgeport.runtimes.llamacpp import LlamaCppRuntime, cpu_has_amx, extra_bufts_enabled
         rt = LlamaCppRuntime({str(q)!r})
         l = rt.logits(list(range(10, 200)))
         print(cpu_has_amx(), extra_bufts_enabled(), l.shape)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from export.safetensors_stream import StreamTensor, write
+from edgeport.export.safetensors_stream import StreamTensor, write
 
 
 def test_roundtrip_through_the_safetensors_library(tmp_path):

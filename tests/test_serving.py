@@ -1,5 +1,5 @@
 """The serving contract, through the real `openai` client (and LangChain) against a real
-server process (`python -m serving`), over every engine that runs here: llama-server for GGUF
+server process (`python -m edgeport.serving`), over every engine that runs here: llama-server for GGUF
 artifacts (slow: needs the llama.cpp tools build) and the in-process runtime for ONNX."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.harmony import MARKERS
+from edgeport.serving.harmony import MARKERS
 from tests.conftest import ROOT, asgi_server
 
 ENGINES = {
@@ -29,16 +29,16 @@ ENGINES = {
 
 @contextlib.contextmanager
 def server(artifact: Path, *args: str, env: dict | None = None):
-    """`python -m serving` on a free port; yields its base URL; stopped with SIGTERM. `env`: changes
+    """`python -m edgeport.serving` on a free port; yields its base URL; stopped with SIGTERM. `env`: changes
     to this environment (None unsets a variable)."""
-    from serving.engines import free_port
+    from edgeport.serving.engines import free_port
 
     port = free_port()
     ready = artifact.parent / f".ready-{port}"
     ready.unlink(missing_ok=True)
     environ = {**os.environ, **(env or {})}
     environ = {k: v for k, v in environ.items() if v is not None}
-    p = subprocess.Popen([sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port),
+    p = subprocess.Popen([sys.executable, "-m", "edgeport.serving", "--artifact", str(artifact), "--port", str(port),
                           "--ready-file", str(ready), *args], cwd=ROOT, env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -185,7 +185,7 @@ def test_api_key(exported):
 
 
 def test_api_key_variable_must_be_set(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "serving", "--artifact", str(tmp_path), "--api-key-env",
+    r = subprocess.run([sys.executable, "-m", "edgeport.serving", "--artifact", str(tmp_path), "--api-key-env",
                         "EDGEPORT_UNSET_VAR"], capture_output=True, text=True, cwd=ROOT,
                        env={k: v for k, v in os.environ.items() if k != "EDGEPORT_UNSET_VAR"})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "EDGEPORT_UNSET_VAR" in r.stderr
@@ -212,8 +212,8 @@ async def _stream_all(url: str, model: str, n: int, max_tokens: int) -> list[tup
 
 
 def test_gate_refuses_beyond_capacity_with_503_and_no_retry():
-    from serving.app import Gate
-    from serving.protocol import APIError
+    from edgeport.serving.app import Gate
+    from edgeport.serving.protocol import APIError
 
     g = Gate(2)
     g.enter(1), g.enter(1)
@@ -292,9 +292,9 @@ class _FailingEngine:
 
     @staticmethod
     def make():
-        from runtimes.base import ModelInfo
-        from runtimes.chat import LLAMA3_CHAT_TEMPLATE
-        from serving.engines import Engine, Piece
+        from edgeport.runtimes.base import ModelInfo
+        from edgeport.runtimes.chat import LLAMA3_CHAT_TEMPLATE
+        from edgeport.serving.engines import Engine, Piece
 
         class Failing(Engine):
             name = "failing"
@@ -314,9 +314,9 @@ class _EndlessEngine:
 
     @staticmethod
     def make():
-        from runtimes.base import ModelInfo
-        from runtimes.chat import LLAMA3_CHAT_TEMPLATE
-        from serving.engines import Engine, Piece
+        from edgeport.runtimes.base import ModelInfo
+        from edgeport.runtimes.chat import LLAMA3_CHAT_TEMPLATE
+        from edgeport.serving.engines import Engine, Piece
 
         class Endless(Engine):
             name = "endless"
@@ -338,7 +338,7 @@ class _EndlessEngine:
 
 def _front(engine, parallel: int = 1, queue: int = 0):
     """Our front over `engine` in a real uvicorn on a free port (a thread of this process)."""
-    from serving.app import Settings, create_app
+    from edgeport.serving.app import Settings, create_app
 
     return asgi_server(create_app(engine, Settings("m", parallel, queue)), "the front")
 
@@ -359,7 +359,7 @@ def test_a_non_streamed_request_stops_generating_when_its_client_goes(path, body
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
 ])
 def test_engine_failure_is_an_openai_error_not_plain_text(path, body):
-    from serving.app import Settings, create_app
+    from edgeport.serving.app import Settings, create_app
 
     app = create_app(_FailingEngine.make(), Settings(model_id="m", parallel=1, queue=0))
 

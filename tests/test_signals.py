@@ -155,7 +155,7 @@ def run():
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A finished artifact, exported once; each case gets its own copy (`previous`)."""
-    from export.pipeline import export
+    from edgeport.export.pipeline import export
 
     out = tmp_path_factory.mktemp("prev") / "artifact"
     export(str(LLAMA), "cpu", out, parity=False)
@@ -214,7 +214,7 @@ UNDER_WAY = {"convert": ".work/tiny-llama-F16.gguf", "imatrix": None, "quantize"
 def short_calibration(tmp_path_factory) -> Path:
     """Three chunks' worth of the shipped calibration text: the quantize phase is reached in
     seconds instead of the time the full set takes."""
-    from export.imatrix import DEFAULT_CALIBRATION
+    from edgeport.export.imatrix import DEFAULT_CALIBRATION
 
     texts = [json.loads(line)["text"] for line in DEFAULT_CALIBRATION.read_text().splitlines() if line.strip()]
     p = tmp_path_factory.mktemp("calib") / "short.txt"
@@ -249,9 +249,9 @@ def test_signal_inside_llama_cpps_quantizer_surfaces_when_the_step_ends(previous
     the step ends, silently, and leave --out as it was."""
     import llama_cpp
 
-    from export import atomic, llama_log
-    from export.gguf_quantize import quantize
-    from export.progress import step
+    from edgeport.core import atomic, llama_log
+    from edgeport.core.progress import step
+    from edgeport.export.gguf_quantize import quantize
     from tests.conftest import gguf_of
 
     f16 = gguf_of(LLAMA, gguf_dir)
@@ -295,7 +295,7 @@ wait
 @pytest.fixture
 def fake_edgellm_env(tmp_path) -> Iterator[tuple[dict, Path]]:
     """EDGEPORT_TOOLENVS with a finished-looking tensorrt-edgellm env whose python is FAKE_TOOL."""
-    from export.toolenv import MARKER, TOOLENVS
+    from edgeport.core.toolenv import MARKER, TOOLENVS
 
     env = tmp_path / "toolenvs" / TOOLENVS["tensorrt-edgellm"].key
     (env / "bin").mkdir(parents=True)
@@ -330,7 +330,7 @@ def test_tool_exporter_interrupted(how, fake_edgellm_env, previous, run):
 @pytest.mark.parametrize("how", ["SIGTERM", "ctrl-c"])
 def test_edgellm_quantizer_interrupted(how, previous, run):
     """The real thing: Edge-LLM's quantizer in its tool env (created on first use)."""
-    from export import toolenv
+    from edgeport.core import toolenv
 
     toolenv.get("tensorrt-edgellm")  # outside the timed part: creating it takes a minute or two
     out = previous[0]
@@ -348,7 +348,7 @@ def test_edgellm_quantizer_interrupted(how, previous, run):
 def test_signal_while_the_artifact_is_swapped_in_waits_for_the_swap(tmp_path, monkeypatch):
     """Between the two renames --out does not exist: a Ctrl-C there must not lose both the old
     and the new artifact. It is held until the swap is done, then raised."""
-    from export import atomic
+    from edgeport.core import atomic
 
     out = tmp_path / "artifact"
     out.mkdir()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from export.errors import SourceError
-from export.source import Source, iter_rows
+from edgeport.core.errors import SourceError
+from edgeport.core.source import Source, iter_rows
 from tests.conftest import copy_model
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-import targets
-from export.errors import TargetError
+from edgeport import targets
+from edgeport.core.errors import TargetError
 
 
 def test_available_and_unknown():

@@ -5,9 +5,9 @@ import builtins
 
 import pytest
 
-from export import toolenv
-from export.errors import RuntimeUnavailable
-from export.toolenv import ToolEnv, ToolEnvSpec, ToolError
+from edgeport.core import toolenv
+from edgeport.core.errors import RuntimeUnavailable
+from edgeport.core.toolenv import ToolEnv, ToolEnvSpec, ToolError
 
 # pip is already in a fresh venv: "installing" it needs no network and takes a second
 SPEC = ToolEnvSpec("probe", "test", ("pip",), "import json")
@@ -66,14 +66,14 @@ def test_onnx_runtime_without_onnxruntime_says_how_to_install(monkeypatch, tmp_p
         return real(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    from runtimes.onnxrt import OnnxRuntime
+    from edgeport.runtimes.onnxrt import OnnxRuntime
 
     with pytest.raises(RuntimeUnavailable, match=r"pip install -e '\.\[onnx\]'"):
         OnnxRuntime(tmp_path)
 
 
 def test_execution_provider_fallback_is_named(capsys):
-    from runtimes.onnxrt import pick_providers
+    from edgeport.runtimes.onnxrt import pick_providers
 
     assert pick_providers("tensorrt", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert "running on CPUExecutionProvider" in " ".join(capsys.readouterr().err.split())

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import targets
-from export import manifest as mf
-from export.errors import ParityFailure, TargetError
-from export.source import scan_safetensors
+from edgeport import targets
+from edgeport.core import manifest as mf
+from edgeport.core.errors import ParityFailure, TargetError
+from edgeport.core.source import scan_safetensors
 from tests.conftest import ROOT
 from tests.export_cases import case_model
 
@@ -113,7 +113,7 @@ def test_export_gate_refuses_non_finite_logits(family, tmp_path, monkeypatch):
     """The writer's output holds a NaN (poisoned just before the gate scores it): the export
     fails with a one-line reason naming the stage, the prompt and the position, and writes
     nothing. On 6726e68 this export passed: NaN > limit is false."""
-    from export import pipeline
+    from edgeport.export import pipeline
 
     model, target, policy, poison = FAMILIES[family]
     real = pipeline.run_parity
@@ -160,7 +160,7 @@ def test_parity_rerun_refuses_non_finite_logits(family, exported, tmp_path):
 
 
 def test_summary_of_non_finite_logits_is_strict_json_and_fails():
-    from parity.metrics import check, compare_logits, summarize
+    from edgeport.parity.metrics import check, compare_logits, summarize
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(10, 7))
@@ -262,16 +262,16 @@ def test_manifest_carries_no_local_paths(tmp_path, llama_dir):
     assert (m["source"]["model"], m["source"]["hub"]) == ("my-llama", False)
     assert m["source"]["digest"] == mf.source_digest(m["source"]["files"])
     assert m["quantization"]["imatrix"]["dataset"]["name"] == "secret-calibration.txt"
-    from export.pipeline import source_location
-    from export.source import Source
+    from edgeport.core.source import Source
+    from edgeport.export.pipeline import source_location
 
     # found by content: this directory, or an identical copy exported from since (models/tiny-llama)
     assert Source.open(source_location(m)).checksums() == m["source"]["files"]
 
 
 def test_unknown_source_asks_for_it(tmp_path):
-    from export.errors import SourceError
-    from export.pipeline import source_location
+    from edgeport.core.errors import SourceError
+    from edgeport.export.pipeline import source_location
 
     m = {"source": {"model": "gone", "hub": False, "digest": "sha256:" + "0" * 64}}
     with pytest.raises(SourceError, match="pass --source DIR"):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.pipeline import export
-from parity.metrics import compare_logits
-from runtimes.reference import ReferenceRuntime
+from edgeport.export.pipeline import export
+from edgeport.parity.metrics import compare_logits
+from edgeport.runtimes.reference import ReferenceRuntime
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,19 +29,19 @@ VLLM_PYTHON = os.environ.get("EDGEPORT_VLLM_PYTHON", "")
 def test_vllm_serves_the_exported_checkpoint(mxfp4_dir, tmp_path):
     path, _ = export(str(mxfp4_dir), "vllm", tmp_path / "vllm", parity=False)
     ref = ReferenceRuntime(path)
-    text = json.loads((ROOT / "parity" / "evalset.json").read_text())["prompts"][0]["text"]
+    text = json.loads((ROOT / "edgeport" / "parity" / "evalset.json").read_text())["prompts"][0]["text"]
     ids = ref.encode(text)
     code = textwrap.dedent(f"""
         import json, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from runtimes.vllm import VLLMRuntime
+        from edgeport.runtimes.vllm import VLLMRuntime
         rt = VLLMRuntime({str(path)!r}, max_model_len=1024, enforce_eager=True, gpu_memory_utilization=0.2)
         lp = rt.logits({ids!r})
         print("RESULT", json.dumps({{"top": lp.argmax(-1).tolist(), "lp": lp.tolist(),
                                     "greedy": rt.greedy({ids!r}, 8), "text": rt.generate("def main(", 8)}}))
     """)
     r = subprocess.run([VLLM_PYTHON, "-c", code], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
+                       env={**os.environ, "VLLM_TARGET_DEVICE": "cpu",
+                            "PYTHONPATH": str(ROOT)})  # vLLM's own venv: edgeport from the checkout
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT"))[7:])
     ref_logits = ref.logits(ids)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-import runtimes
-from export.errors import RuntimeUnavailable, TargetError
-from export.pipeline import export
-from export.source import Source
+from edgeport import runtimes
+from edgeport.core.errors import RuntimeUnavailable, TargetError
+from edgeport.core.source import Source
+from edgeport.export.pipeline import export
 
 
 def _tensor(d, name):

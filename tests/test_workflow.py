@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeport.models import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "artifacts.yml"
 CONFIG = ROOT / ".github" / "actionlint.yaml"
@@ -115,14 +117,14 @@ def _invocations(script: str) -> list[list[str]]:
 
 
 def test_matrix_is_every_valid_target_and_model(wf):
-    import targets
-    from export.architectures import for_config
+    from edgeport import targets
+    from edgeport.core.architectures import for_config
 
     matrix = wf["jobs"]["export"]["strategy"]["matrix"]
     assert set(matrix["target"]) == set(targets.available()), "every target profile is exported"
     valid = []
     for model in matrix["model"]:
-        cfg = ROOT / "models" / model / "config.json"
+        cfg = MODELS / model / "config.json"
         assert cfg.is_file(), f"models/{model} is not a bundled checkpoint"
         arch = for_config(json.loads(cfg.read_text())).name
         valid += [{"target": t, "model": model} for t in matrix["target"] if arch in targets.load(t).architectures]
@@ -169,7 +171,7 @@ def test_publish_runs_on_tags_only_and_pushes_to_the_hub_and_ghcr(wf):
 
 
 def test_jetson_job_builds_and_judges_the_kit_on_the_orin(wf, tmp_path):
-    from export.jetson_kit import write_edgellm_kit
+    from edgeport.export.jetson_kit import write_edgellm_kit
 
     job = wf["jobs"]["jetson"]
     assert job["runs-on"] == JETSON_LABELS

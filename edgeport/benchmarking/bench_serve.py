@@ -1,0 +1,184 @@
+"""What edgeport's OpenAI front costs, and what llama-server buys over llama-cpp-python's server.
+
+One GGUF artifact, three servers, one after the other on the same machine, the same load
+(benchmarking/serve_load.py: N concurrent streaming clients, greedy, `/v1/completions` so that
+every server answers the same raw prompt; `/v1/chat/completions` with --endpoint chat):
+
+- front:        `python -m edgeport.serving` (our front) over llama-server with --parallel slots
+- llama-server: llama-server alone, started with exactly the command the front uses
+                (serving.engines.llama_server_command), clients talking to it directly
+- llama_cpp.server: llama-cpp-python's server (`pip install 'llama-cpp-python[server]'`,
+                the `bench` extra) on the same file, with the same context per request
+
+    python bench/bench_serve.py --artifact artifacts/tiny-llama/cpu [--clients 1,4,8]
+        [--requests 4] [--max-tokens 64] [--parallel 8] [--ctx 512] [--out bench-serve-compare.json]
+
+Prints one table (aggregate output tok/s, TTFT p50/p99 per server and concurrency) and the
+ratios the serving issue sets goals for: front ÷ llama-server throughput (goal ≥ 0.97),
+front − llama-server TTFT p50 (goal ≤ 5 ms), front ÷ llama_cpp.server at 4 clients (goal ≥ 2.5).
+On AMX CPUs repacking is off in all three (#20824), as everywhere in edgeport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# llama_cpp.server loads the model through llama_cpp.Llama: run it under the same
+# extra-buffer-types switch edgeport's runtime uses (runtimes/llamacpp.py).
+SHIM = """
+import sys
+from edgeport.runtimes.llamacpp import _model_params, extra_bufts_enabled
+import llama_cpp
+from llama_cpp.server.__main__ import main
+sys.argv = ["llama_cpp.server", *sys.argv[1:]]
+with _model_params(llama_cpp, extra_bufts_enabled()):
+    main()
+"""
+
+
+def _wait(url: str, proc: subprocess.Popen, path: str, timeout: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} while starting (see its log)")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def _started(cmd: list[str], ready_path: str, port: int, log: Path):
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc, ready_path)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def servers(artifact: Path, gguf: Path, parallel: int, ctx: int, threads: int | None) -> dict:
+    from edgeport.core.llama_tools import tool
+    from edgeport.serving.engines import free_port, llama_server_command
+
+    def front(port: int) -> tuple[list[str], str]:
+        return ([sys.executable, "-m", "edgeport.serving", "--artifact", str(artifact), "--port", str(port),
+                 "--parallel", str(parallel), "--queue", "256", "--ctx", str(ctx)]
+                + (["--threads", str(threads)] if threads else []),
+                "/health")
+
+    def alone(port: int) -> tuple[list[str], str]:
+        return llama_server_command(tool("llama-server"), gguf, port, ctx, parallel, threads), "/health"
+
+    def lcpp(port: int) -> tuple[list[str], str]:
+        cmd = [sys.executable, "-c", SHIM.format(repo=str(REPO)), "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", str(ctx)]
+        return cmd + (["--n_threads", str(threads)] if threads else []), "/v1/models"
+
+    return {"front": front, "llama-server": alone, "llama_cpp.server": lcpp}, free_port
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifact", type=Path, required=True, help="a GGUF artifact directory (invoke export)")
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--parallel", type=int, default=8, help="llama-server slots (default 8)")
+    ap.add_argument("--ctx", type=int, default=512, help="context per request (default 512)")
+    ap.add_argument("--threads", type=int, help="CPU threads for the engines (default: llama.cpp's)")
+    ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    ap.add_argument("--only", nargs="*", help="server names to run (front, llama-server, llama_cpp.server)")
+    ap.add_argument("--out", type=Path, default=Path("bench-serve-compare.json"))
+    a = ap.parse_args()
+
+    from edgeport.benchmarking.serve_load import load
+    from edgeport.core.manifest import load as read_manifest
+
+    manifest = read_manifest(a.artifact)
+    ggufs = [f["path"] for f in manifest["files"] if f["path"].endswith(".gguf") and "imatrix" not in f["path"]]
+    if manifest.get("format") != "gguf" or not ggufs:
+        raise SystemExit(f"{a.artifact}: not a GGUF artifact")
+    gguf = a.artifact / ggufs[0]
+    levels = [int(x) for x in a.clients.split(",")]
+    kinds, free_port = servers(a.artifact, gguf, a.parallel, a.ctx, a.threads)
+    result = {"artifact": str(a.artifact), "gguf": gguf.name, "endpoint": a.endpoint, "max_tokens": a.max_tokens,
+              "requests_per_client": a.requests, "parallel": a.parallel, "ctx": a.ctx, "cpus": os.cpu_count(),
+              "servers": {}}
+    logs = Path(tempfile.mkdtemp(prefix="edgeport-bench-serve-"))
+    for name, make in kinds.items():
+        if a.only and name not in a.only:
+            continue
+        port = free_port()
+        cmd, ready = make(port)
+        print(f"== {name}: starting (log {logs / name}.log)", flush=True)
+        with _started(cmd, ready, port, logs / f"{name}.log") as url:
+            load(url, [1], 1, 8, None, a.endpoint)  # warm up: first-request allocations out of the figures
+            r = load(url, levels, a.requests, a.max_tokens, None, a.endpoint)
+        result["servers"][name] = r["runs"]
+        for run in r["runs"]:
+            print(f"   {run['clients']} clients: {run['throughput_tps']:.1f} tok/s, TTFT p50 "
+                  f"{run['ttft_ms']['p50']:.1f} ms p99 {run['ttft_ms']['p99']:.1f} ms, errors {run['errors']}",
+                  flush=True)
+    result["ratios"] = ratios(result["servers"])
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"wrote {a.out}")
+
+
+def ratios(servers: dict) -> list[dict]:
+    by = {name: {r["clients"]: r for r in runs} for name, runs in servers.items()}
+    out = []
+    for n, f in by.get("front", {}).items():
+        row = {"clients": n}
+        if (ls := by.get("llama-server", {}).get(n)) and ls["throughput_tps"]:
+            row["front_over_llama_server_tps"] = f["throughput_tps"] / ls["throughput_tps"]
+            row["front_minus_llama_server_ttft_p50_ms"] = f["ttft_ms"]["p50"] - ls["ttft_ms"]["p50"]
+        if (lc := by.get("llama_cpp.server", {}).get(n)) and lc["throughput_tps"]:
+            row["front_over_llama_cpp_server_tps"] = f["throughput_tps"] / lc["throughput_tps"]
+        out.append(row)
+    return out
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['gguf']}, {result['endpoint']}, max_tokens {result['max_tokens']}, "
+          f"{result['requests_per_client']} requests per client, {result['parallel']} slots, {result['cpus']} CPUs")
+    print("| server | clients | errors | tok/s | TTFT p50 ms | TTFT p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, runs in result["servers"].items():
+        for r in runs:
+            print(f"| {name} | {r['clients']} | {r['errors']} | {r['throughput_tps']:.1f} | "
+                  f"{r['ttft_ms']['p50']:.1f} | {r['ttft_ms']['p99']:.1f} |")
+    for row in result["ratios"]:
+        parts = [f"{row['clients']} clients:"]
+        if "front_over_llama_server_tps" in row:
+            parts.append(f"front/llama-server tok/s {row['front_over_llama_server_tps']:.3f} (goal >= 0.97), "
+                         f"TTFT p50 {row['front_minus_llama_server_ttft_p50_ms']:+.1f} ms (goal <= 5)")
+        if "front_over_llama_cpp_server_tps" in row:
+            parts.append(f"front/llama_cpp.server tok/s {row['front_over_llama_cpp_server_tps']:.2f}"
+                         + (" (goal >= 2.5)" if row["clients"] == 4 else ""))
+        print(" ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The parity gate: run the reference and the artifact's runtimes on the committed eval set
+and judge each stage against the target profile's thresholds.
+
+Stages separate what the runtime/format changes from what quantization costs:
+  fidelity      reference (transformers) -> unquantized artifact (e.g. GGUF F16 in llama.cpp)
+  quantization  unquantized artifact     -> quantized artifact
+  end_to_end    reference                -> quantized artifact (reported; judged if thresholds say so)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeport.runtimes.base import Runtime
+
+from .metrics import check, compare_logits, greedy_match, summarize
+
+EVALSET = Path(__file__).with_name("evalset.json")
+SCHEMA = "edgeport.parity/1"
+
+STAGES = {
+    "fidelity": ("reference", "unquantized"),
+    "quantization": ("unquantized", "quantized"),
+    "end_to_end": ("reference", "quantized"),
+}
+
+
+def load_evalset(path: Path = EVALSET) -> tuple[list[dict], str]:
+    raw = path.read_bytes()
+    return json.loads(raw)["prompts"], hashlib.sha256(raw).hexdigest()
+
+
+def run(runtimes: dict[str, Runtime], thresholds: dict[str, dict], *, max_tokens: int = 512,
+        greedy_tokens: int = 16, sliding_window: int | None = None,
+        on_prompt: Callable[[str], None] | None = None, notes: list[str] | None = None) -> dict:
+    """`runtimes` maps roles (reference / unquantized / quantized) to loaded runtimes; stages
+    whose two roles are both present are measured."""
+    prompts, sha = load_evalset()
+    ref = runtimes["reference"]
+    stages = {s: ab for s, ab in STAGES.items() if ab[0] in runtimes and ab[1] in runtimes}
+    comps: dict[str, list] = {s: [] for s in stages}
+    greedy: dict[str, list[int]] = {s: [] for s in stages}
+    long_lengths = []
+    for p in prompts:
+        ids = ref.encode(p["text"])[:max_tokens]
+        if p["kind"] == "long":
+            long_lengths.append(len(ids))
+        if on_prompt:
+            on_prompt(p["id"])
+        logits = {role: rt.logits(ids) for role, rt in runtimes.items()}
+        conts = ({role: rt.greedy(ids, greedy_tokens) for role, rt in runtimes.items()}
+                 if p["kind"] == "short" else {})
+        for s, (a, b) in stages.items():
+            comps[s].append(compare_logits(p["id"], p["kind"], ids, logits[a], logits[b]))
+            if conts:
+                greedy[s].append(greedy_match(conts[a], conts[b]))
+        del logits
+    report_stages = {}
+    for s, (a, b) in stages.items():
+        summary = summarize(comps[s], greedy[s], greedy_tokens)
+        th = thresholds.get(s, {})
+        fails = check(summary, th)
+        report_stages[s] = {
+            "compares": f"{a} ({runtimes[a].name}) -> {b} ({runtimes[b].name})",
+            "summary": summary, "thresholds": th, "judged": bool(th), "passed": not fails,
+            "failures": fails,
+        }
+    all_notes = list(notes or [])
+    if sliding_window and long_lengths and max(long_lengths) <= sliding_window:
+        all_notes.append(f"no eval prompt is longer than the sliding window ({sliding_window})")
+    return {
+        "schema": SCHEMA, "evalset_sha256": sha, "prompts": len(prompts), "max_tokens": max_tokens,
+        "long_prompt_tokens": long_lengths, "sliding_window": sliding_window,
+        "stages": report_stages, "passed": all(r["passed"] for r in report_stages.values()),
+        "notes": all_notes,
+    }
+
+
+def drift_line(report: dict, stage: str = "fidelity") -> str | None:
+    """Mean KL per position bucket, the place YaRN / sliding-window bugs show."""
+    r = report["stages"].get(stage)
+    if not r:
+        return None
+    cells = [f"{k} {kl if kl is not None else float('nan'):.1e}"
+             for k, (kl, _) in r["summary"]["kl_top1_by_position"].items()]
+    return f"{stage} KL by position: " + ", ".join(cells)
+
+
+def table(report: dict):
+    """A rich Table of the stages, for the terminal."""
+    from rich.table import Table
+
+    t = Table(title=f"parity ({report['prompts']} prompts, long ones {report['long_prompt_tokens']} tokens)")
+    cols = ("stage", "reference -> candidate", "mean KL", "p99 KL", "top-1 regret (raw top-1)", "PPL ref -> cand",
+            "greedy", "result")
+    for col in cols:
+        t.add_column(col)
+    for name, r in report["stages"].items():
+        s = {k: (float("nan") if v is None else v) for k, v in r["summary"].items()}  # null: not finite
+        res = ("[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]") if r["judged"] else "reported"
+        greedy = f"{s.get('greedy_match_mean', 0):.1f}/{s.get('greedy_tokens', 0)}"
+        t.add_row(name, " -> ".join(STAGES[name]), f"{s['mean_kl']:.2e}", f"{s['p99_kl']:.2e}",
+                  f"{s['top1_regret']:.1e} ({s['top1']:.3f})",
+                  f"{s['ppl_ref']:.2f} -> {s['ppl']:.2f} ({s['ppl_delta_pct']:+.1f}%)", greedy, res)
+    return t

@@ -1,0 +1,153 @@
+"""llama.cpp runtime (llama-cpp-python) for GGUF artifacts.
+
+AMX: on CPUs with Intel AMX, llama.cpp built with native flags repacks Q4_K weights into
+its AMX buffer type and segfaults on the first matmul (ggml-org/llama.cpp#20824). We
+load with extra buffer types off on such CPUs (`use_extra_bufts = False`), which keeps
+the plain CPU kernels; EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns them back on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeport.core.errors import RuntimeUnavailable
+from edgeport.core.llama_log import require_llama_cpp
+
+from .base import ModelInfo, Runtime
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_tile", "amx_int8", "amx_bf16"))
+
+
+def extra_bufts_enabled() -> bool:
+    """Off on AMX CPUs unless EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of
+    "off" ("0", "false", "False", "no", "off") must stay off, or an AMX CPU crashes."""
+    env = os.environ.get("EDGEPORT_LLAMA_EXTRA_BUFTS")
+    if env is not None:
+        return env.strip().lower() not in ("0", "", "false", "no", "off")
+    return not cpu_has_amx()
+
+
+@contextlib.contextmanager
+def _model_params(lc, use_extra_bufts: bool):
+    """llama_cpp.Llama builds its model params from llama_cpp.llama_cpp's
+    llama_model_default_params(); wrap that one while the model loads."""
+    lc = lc.llama_cpp
+    orig = lc.llama_model_default_params
+
+    def patched():
+        p = orig()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    lc.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = orig
+
+
+def _train_context(path: Path) -> int | None:
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    arch = r.fields["general.architecture"].contents()
+    f = r.fields.get(f"{arch}.context_length")
+    return int(f.contents()) if f else None
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llama.cpp"
+
+    def __init__(self, gguf_path: str | Path, info: ModelInfo | None = None, *, n_ctx: int = 4096,
+                 n_threads: int | None = None, n_gpu_layers: int = 0):
+        self.lc = require_llama_cpp()
+        self.path = Path(gguf_path)
+        if not self.path.is_file():
+            raise RuntimeUnavailable(f"GGUF file not found: {self.path}")
+        self.n_ctx = min(n_ctx, _train_context(self.path) or n_ctx)
+        self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
+        self.extra_bufts = extra_bufts_enabled()
+        self._gen = self._load(logits_all=False, n_ctx=n_ctx)
+        self._scorer = None
+        super().__init__(info or self._info_from_gguf())
+
+    def _load(self, logits_all: bool, n_ctx: int):
+        from edgeport.core.llama_log import LlamaLog
+
+        with _model_params(self.lc, self.extra_bufts), LlamaLog():
+            return self.lc.Llama(
+                model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+                logits_all=logits_all, verbose=False, n_threads=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                # the sliding-window layers' small KV cache (window + batch), as llama-cli and
+                # llama-server keep it; llama.cpp's context default is full-size (what
+                # planning/kv.py plans for this runtime)
+                swa_full=False,
+            )
+
+    def _info_from_gguf(self) -> ModelInfo:
+        from edgeport.core.architectures import ARCHITECTURES
+
+        md = self._gen.metadata
+        arch = next((a for a in ARCHITECTURES if a.gguf_arch_name == md.get("general.architecture")), None)
+        eos = [self._gen.token_eos()]
+        return ModelInfo(
+            architecture=arch.name if arch else md.get("general.architecture", "?"),
+            chat_format=arch.chat_format if arch else "template",
+            chat_template=md.get("tokenizer.chat_template"),
+            bos_token_id=self._gen.token_bos(), add_bos=md.get("tokenizer.ggml.add_bos_token") == "true",
+            stop_token_ids=eos,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._gen.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._gen.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        n = len(token_ids)
+        if n > self.n_ctx:
+            raise ValueError(f"{n} tokens do not fit n_ctx={self.n_ctx}")
+        if self._scorer is None or self._scorer.n_ctx() < n:
+            if self._scorer is not None:
+                self._scorer.close()
+            self._scorer = self._load(logits_all=True, n_ctx=min(self.n_ctx, max(512, 1 << (n - 1).bit_length())))
+        s = self._scorer
+        s.reset()
+        s.eval(list(token_ids))
+        return np.array(s.scores[:n], dtype=np.float32)
+
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self._gen._ctx.get_logits(), shape=(self._gen.n_vocab(),)).copy()
+
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
+        g = self._gen
+        if len(prompt_ids) >= self.n_ctx:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit n_ctx={self.n_ctx}")
+        g.reset()
+        g.eval(prompt_ids)
+        while True:
+            tok = yield self._last_logits()
+            if g.n_tokens >= self.n_ctx:
+                return
+            g.eval([tok])
+
+    def close(self) -> None:
+        for m in (self._gen, self._scorer):
+            if m is not None:
+                m.close()
+        self._gen = self._scorer = None

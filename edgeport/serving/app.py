@@ -1,0 +1,380 @@
+"""The OpenAI-compatible front: one contract over every engine.
+
+It owns request validation, chat formatting (harmony for gpt-oss, the checkpoint's template
+otherwise), harmony parsing (reasoning apart from the answer), effort aliases, API keys and
+a bounded queue; the engine only turns token ids into text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from edgeport.runtimes.chat import HARMONY_STOP, render_harmony, render_template
+
+from .engines import Engine, Generation
+from .harmony import HarmonyStream
+from .protocol import APIError, ChatRequest, CompletionRequest, validation_error
+
+MALFORMED_NOTE = "the model's output was not well-formed harmony; the text that did not parse is in content"
+
+
+@dataclass
+class Settings:
+    model_id: str
+    parallel: int
+    queue: int
+    api_key: str | None = None
+    retry_after_s: int = 1
+
+
+class DisconnectAwareStream(StreamingResponse):
+    """Stops generating as soon as the client goes away. Starlette relies on a failing send to
+    notice that under ASGI 2.4, and uvicorn drops sends to a closed socket silently, so a
+    vanished client would keep its slot until its generation ended."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await self.stream_response(send)
+            tg.cancel_scope.cancel()
+
+
+class Gate:
+    """Admits up to `parallel + queue` requests; more get 503 at once."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.active, self.refused = capacity, 0, 0
+
+    def enter(self, retry_after: int) -> None:
+        if self.active >= self.capacity:
+            self.refused += 1
+            # x-should-retry: false, or the openai client retries the 503 twice on its own
+            raise APIError(503, f"the server is at capacity ({self.capacity} requests in flight); retry later",
+                           type="server_error", code="server_overloaded",
+                           headers={"Retry-After": str(retry_after), "x-should-retry": "false"})
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+class APIKeyMiddleware:
+    """Bearer key on /v1/ (probes at /health need none). Plain ASGI, not @app.middleware:
+    Starlette's BaseHTTPMiddleware pipes every streamed chunk through a memory stream."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.key):
+                what = "no API key given" if not token else "incorrect API key"
+                e = APIError(401, f"{what}: send it as 'Authorization: Bearer <key>'",
+                             type="invalid_request_error", code="invalid_api_key")
+                await JSONResponse(e.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    app = FastAPI(title="edgeport serve", docs_url=None, redoc_url=None, openapi_url=None)
+    gate = Gate(settings.parallel + settings.queue)
+    harmony = engine.info.chat_format == "harmony"
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, e: RequestValidationError):
+        err = validation_error(list(e.errors()))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, e: Exception):
+        # anything not answered above (an engine that fails to tokenize, …): still OpenAI's shape
+        err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.exception_handler(404)
+    async def _not_found(req: Request, _e):
+        return JSONResponse(APIError(404, f"unknown URL {req.method} {req.url.path}", code="unknown_url").body(),
+                            status_code=404)
+
+    @app.exception_handler(405)
+    async def _method(req: Request, _e):
+        return JSONResponse(APIError(405, f"method {req.method} not allowed on {req.url.path}",
+                                     code="method_not_allowed").body(), status_code=405)
+
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, key=settings.api_key)
+
+    @app.get("/health")
+    async def health():
+        ok = await engine.healthy()
+        return JSONResponse({"status": "ok" if ok else "unavailable", "engine": engine.name,
+                             "in_flight": gate.active, "refused": gate.refused}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(settings.model_id, created)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        _check_model(model_id, settings)
+        return _model_card(settings.model_id, created)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        _check_model(req.model, settings)
+        msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
+        info = engine.info
+        if harmony:
+            text = render_harmony(msgs, req.reasoning_effort)
+        elif info.chat_template:
+            text = render_template(info.chat_template, msgs, bos_token=info.bos_token, eos_token=info.eos_token,
+                                   effort=req.reasoning_effort)
+        else:
+            raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
+        gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
+        return await _respond(engine, gate, settings, req, gen, chat=True, harmony=harmony, request=request)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        _check_model(req.model, settings)
+        gen = await _generation(engine, req, req.text(), plain=True)
+        return await _respond(engine, gate, settings, req, gen, chat=False, harmony=False, request=request)
+
+    return app
+
+
+def _model_card(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "edgeport"}
+
+
+def _check_model(name: str, settings: Settings) -> None:
+    if name != settings.model_id:
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {settings.model_id!r}",
+                       param="model", code="model_not_found")
+
+
+async def _generation(engine: Engine, req, text: str, *, plain: bool = False,
+                      extra_stops: list[str] | None = None) -> Generation:
+    ids = await engine.tokenize(text)
+    info = engine.info
+    if plain and info.add_bos and info.bos_token_id is not None and ids[:1] != [info.bos_token_id]:
+        ids = [info.bos_token_id, *ids]
+    room = engine.n_ctx - len(ids)
+    if room <= 0:
+        raise APIError(400, f"the prompt is {len(ids)} tokens; this server's context is {engine.n_ctx} tokens",
+                       param="messages" if not plain else "prompt", code="context_length_exceeded")
+    limit = req.limit()
+    if limit is not None and limit > room:
+        raise APIError(400, f"max_tokens={limit} does not fit: the prompt is {len(ids)} tokens and the context "
+                            f"{engine.n_ctx} (at most {room})", param="max_tokens", code="context_length_exceeded")
+    bias = req.logit_bias or {}
+    if bad := [t for t in bias if not 0 <= t < engine.vocab_size]:
+        raise APIError(400, f"logit_bias: token id {bad[0]} is not in this model's vocabulary", param="logit_bias",
+                       code="invalid_value")
+    return Generation(ids, limit or room, req.temperature, req.top_p, req.seed, req.stops() + (extra_stops or []),
+                      dict(bias))
+
+
+class _Output:
+    """Engine text -> (reasoning, content) deltas: harmony parsed, stop-token texts cut."""
+
+    def __init__(self, engine: Engine, harmony: bool):
+        self.harmony = HarmonyStream() if harmony else None
+        self.cuts = [t for t in engine.stop_texts if t]
+
+    def feed(self, text: str) -> tuple[str, str]:
+        if self.harmony:
+            d = self.harmony.feed(text)
+            return d.reasoning, d.content
+        return "", text
+
+    def finish(self, tail: str = "") -> tuple[str, str]:
+        if self.harmony:
+            d1 = self.harmony.feed(tail)
+            d2 = self.harmony.finish()
+            return d1.reasoning + d2.reasoning, d1.content + d2.content
+        return "", tail
+
+    @property
+    def malformed(self) -> bool:
+        return bool(self.harmony and self.harmony.malformed)
+
+
+class _Cutter:
+    """Holds back a tail that may be a stop token's text (llama-server renders EOG tokens)."""
+
+    def __init__(self, cuts: list[str]):
+        self.cuts, self.buf, self.done = cuts, "", False
+
+    def feed(self, text: str) -> str:
+        if self.done:
+            return ""
+        self.buf += text
+        for c in self.cuts:
+            if (i := self.buf.find(c)) >= 0:
+                out, self.buf, self.done = self.buf[:i], "", True
+                return out
+        hold = max((k for c in self.cuts for k in range(1, len(c)) if self.buf.endswith(c[:k])), default=0)
+        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.done else self.buf), ""
+        return out
+
+
+async def _respond(engine: Engine, gate: Gate, settings: Settings, req, gen: Generation, *, chat: bool,
+                   harmony: bool, request: Request):
+    gate.enter(settings.retry_after_s)
+    try:
+        if req.stream:
+            return DisconnectAwareStream(_stream(engine, gate, req, gen, chat, harmony), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            body = await _until_disconnect(request, _whole(engine, req, gen, chat, harmony))
+        finally:
+            gate.leave()
+        if body is None:  # the client went away: nobody reads this (nginx's "client closed request")
+            return Response(status_code=499)
+        return JSONResponse(body)
+    except BaseException:
+        if req.stream:
+            gate.leave()
+        raise
+
+
+async def _until_disconnect(request: Request, work) -> dict | None:
+    """`work`'s result, or None as soon as the client disconnects (`work` is then cancelled, which
+    closes the engine's stream and frees its slot). An engine failure is a 500 in OpenAI's shape."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            try:
+                return task.result()
+            except APIError:
+                raise
+            except Exception as e:
+                raise APIError(500, f"generation failed: {e}", type="server_error", code="engine_error") from e
+        return None
+    finally:
+        if pending := {t for t in (watch, task) if not t.done()}:
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending)  # the engine's stream is closed before the slot is counted free
+
+
+async def _pieces(engine: Engine, gen: Generation, out: _Output) -> AsyncIterator[tuple[str, str, str | None, int]]:
+    """(reasoning delta, content delta, finish_reason on the last, completion tokens)."""
+    harmony = out.harmony is not None
+    cut = _Cutter(out.cuts if not harmony else [])  # harmony's parser ends at <|return|> itself
+    async with contextlib.aclosing(engine.generate(gen)) as pieces:
+        async for p in pieces:
+            text = cut.feed(p.text)
+            if p.finish_reason is not None:
+                r, c = out.finish(text + cut.flush())
+                yield r, c, p.finish_reason, p.completion_tokens
+                return
+            r, c = out.feed(text)
+            if r or c:
+                yield r, c, None, 0
+    r, c = out.finish(cut.flush())
+    yield r, c, "stop", 0
+
+
+async def _whole(engine: Engine, req, gen: Generation, chat: bool, harmony: bool) -> dict:
+    reasoning, content, finish, n = [], [], "stop", 0
+    out = _Output(engine, harmony)
+    async for r, c, f, k in _pieces(engine, gen, out):
+        reasoning.append(r)
+        content.append(c)
+        if f:
+            finish, n = f, k
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    usage = {"prompt_tokens": len(gen.prompt_ids), "completion_tokens": n,
+             "total_tokens": len(gen.prompt_ids) + n}
+    base = {"id": rid, "created": int(time.time()), "model": req.model, "usage": usage}
+    if out.malformed:
+        base["warnings"] = [MALFORMED_NOTE]
+    if not chat:
+        return {**base, "object": "text_completion",
+                "choices": [{"index": 0, "text": "".join(content), "finish_reason": finish, "logprobs": None}]}
+    msg = {"role": "assistant", "content": "".join(content)}
+    if harmony:
+        text = "".join(reasoning)
+        msg["reasoning_content"] = msg["reasoning"] = text
+    return {**base, "object": "chat.completion",
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish, "logprobs": None}]}
+
+
+async def _stream(engine: Engine, gate: Gate, req, gen: Generation, chat: bool, harmony: bool) -> AsyncIterator[str]:
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list, **extra) -> str:
+        return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": req.model,
+                                      "choices": choices, **extra}) + "\n\n"
+
+    try:
+        if chat:
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        n = 0
+        out = _Output(engine, harmony)
+        async with contextlib.aclosing(_pieces(engine, gen, out)) as pieces:
+            async for r, c, f, k in pieces:
+                if chat:
+                    delta = {}
+                    if r:
+                        delta["reasoning_content"] = delta["reasoning"] = r
+                    if c:
+                        delta["content"] = c
+                    if delta or f:
+                        extra = {"warnings": [MALFORMED_NOTE]} if f and out.malformed else {}
+                        yield chunk([{"index": 0, "delta": delta, "finish_reason": f}], **extra)
+                elif c or f:
+                    yield chunk([{"index": 0, "text": c, "finish_reason": f, "logprobs": None}])
+                if f:
+                    n = k
+        if req.stream_options and req.stream_options.include_usage:
+            p = len(gen.prompt_ids)
+            yield chunk([], usage={"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n})
+        yield "data: [DONE]\n\n"
+    except asyncio.CancelledError:  # the client went away: the engine stream is closed on the way out
+        raise
+    except Exception as e:
+        err = APIError(500, f"generation failed: {e}", type="server_error", code="engine_error")
+        yield "data: " + json.dumps(err.body()) + "\n\n"
+    finally:
+        gate.leave()

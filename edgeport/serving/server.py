@@ -1,0 +1,162 @@
+"""Start the front and its engine: `invoke serve` and `python -m edgeport.serving` both end here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from edgeport.core.errors import EdgeportError
+
+from .app import Settings, create_app
+from .engines import open_engine
+
+
+class ServeError(EdgeportError):
+    """A bad serve option (port in use, missing API-key variable, …)."""
+
+
+def model_id(artifact: Path) -> str:
+    """The name clients pass as `model`: the source model's name (the artifact's manifest)."""
+    from edgeport.core import manifest as mf
+
+    m = mf.load(artifact)
+    return str(m["source"].get("model") or artifact.name).rstrip("/").split("/")[-1]
+
+
+def api_key_from(env_var: str | None) -> str | None:
+    if not env_var:
+        return None
+    key = os.environ.get(env_var, "")
+    if not key:
+        raise ServeError(f"--api-key-env {env_var}: that environment variable is empty or not set")
+    return key
+
+
+def check_options(*, port: int, parallel: int | None, queue: int, ctx: int | None, threads: int | None) -> None:
+    """Every number a user gives, before anything loads (one line each, exit 2)."""
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port must be 1 to 65535, not {port}")
+    if parallel is not None and parallel < 1:
+        raise ServeError(f"--parallel must be at least 1, not {parallel}")
+    if queue < 0:
+        raise ServeError(f"--queue must be 0 or more, not {queue}")
+    if ctx is not None and ctx < 16:
+        raise ServeError(f"--ctx must be at least 16 tokens, not {ctx}")
+    if threads is not None and threads < 1:
+        raise ServeError(f"--threads must be at least 1, not {threads}")
+
+
+def check_artifact(artifact: Path) -> None:
+    from edgeport.core import manifest as mf
+
+    if not artifact.is_dir():
+        raise ServeError(f"--artifact {artifact}: no such directory")
+    if not (artifact / mf.NAME).is_file():
+        raise ServeError(f"--artifact {artifact}: not an edgeport artifact (no {mf.NAME}; "
+                         "make one with invoke export or invoke pull)")
+
+
+def check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except (OSError, OverflowError) as e:  # gaierror for a bad host is an OSError
+            raise ServeError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel: int | None = None,
+          queue: int = 16, ctx: int | None = None, api_key_env: str | None = None, threads: int | None = None,
+          ready_file: Path | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. `ready_file` (for scripts and tests) gets `host:port` once serving."""
+    import uvicorn
+
+    from edgeport.core.progress import console
+
+    artifact = Path(artifact)
+    check_options(port=port, parallel=parallel, queue=queue, ctx=ctx, threads=threads)
+    key = api_key_from(api_key_env)
+    check_artifact(artifact)
+    check_port(host, port)
+    engine = open_engine(artifact, n_ctx=ctx, slots=parallel, threads=threads)
+    settings = Settings(model_id=model_id(artifact), parallel=engine.slots, queue=queue, api_key=key)
+
+    async def main() -> None:
+        console.print(f"starting {engine.name} for {artifact} …", highlight=False)
+        await engine.start()
+        app = create_app(engine, settings)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=3)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # we own SIGINT/SIGTERM below
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        try:
+            task = asyncio.create_task(server.serve())
+            while not server.started and not task.done():
+                await asyncio.sleep(0.05)
+            if server.started:
+                console.print(f"serving {settings.model_id!r} ({engine.name}, {engine.slots} parallel, "
+                              f"queue {queue}, context {engine.n_ctx}) at http://{host}:{port}/v1",
+                              highlight=False)
+                if ready_file:
+                    Path(ready_file).write_text(f"{host}:{port}\n")
+            await task
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), like every edgeport error."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgeport: error: {message} (python -m edgeport.serving --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog="python -m edgeport.serving",
+        description="Serve an edgeport artifact over an OpenAI-compatible API (/v1/chat/completions, "
+                    "/v1/completions, /v1/models, /health). GGUF: llama.cpp's llama-server as the engine "
+                    "(continuous batching); ONNX and others: the runtime in-process, one request at a time; "
+                    "vllm: vllm serve.")
+    ap.add_argument("--artifact", required=True, type=Path, help="an artifact directory (invoke export / pull)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    ap.add_argument("--parallel", type=int, help="requests generated at once (llama-server slots; default 4; "
+                                                 "in-process runtimes: 1)")
+    ap.add_argument("--queue", type=int, default=16, help="requests that may wait beyond --parallel; more get "
+                                                          "503 with Retry-After (default 16)")
+    ap.add_argument("--ctx", type=int, help="context per request in tokens (default 4096, at most the model's)")
+    ap.add_argument("--api-key-env", help="name of an environment variable holding the API key clients must "
+                                          "send (the key itself never goes on the command line)")
+    ap.add_argument("--threads", type=int, help="CPU threads for llama-server")
+    ap.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        serve(a.artifact, host=a.host, port=a.port, parallel=a.parallel, queue=a.queue, ctx=a.ctx,
+              api_key_env=a.api_key_env, threads=a.threads, ready_file=a.ready_file)
+    except EdgeportError as e:
+        print(f"edgeport: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

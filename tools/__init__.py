@@ -1,1 +1,0 @@
-"""Third-party programs edgeport builds for itself and caches (llama.cpp's command-line tools)."""
