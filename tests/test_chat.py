@@ -2,15 +2,9 @@
 
 import pytest
 
-from edgeport.runtimes.chat import (
-    HARMONY_CHAT_TEMPLATE,
-    StopMatcher,
-    as_messages,
-    normalize_effort,
-    parse_harmony_final,
-    render_harmony_own,
-    render_template,
-)
+from edgeport.core.chat import StopMatcher, as_messages, render_template
+from edgeport.core.harmony import CHAT_TEMPLATE as HARMONY_CHAT_TEMPLATE
+from edgeport.core.harmony import normalize_effort, parse_harmony_final, render_harmony_own
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]

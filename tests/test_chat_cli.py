@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pexpect
 
-from edgeport.serving.harmony import MARKERS, parse
+from edgeport.core.harmony import MARKERS, parse
 from tests.conftest import ROOT
 
 INVOKE = str(Path(sys.executable).parent / "invoke")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeport.serving.harmony import MARKERS
+from edgeport.core.harmony import MARKERS
 from tests.test_serving import _client, _model, server
 
 ENGINES = {

@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeport.runtimes.chat import as_messages, render_harmony, render_harmony_own
+from edgeport.core.chat import as_messages
+from edgeport.core.harmony import render_harmony, render_harmony_own
 from tests.conftest import ROOT
 
 VOCAB = "o200k_base.tiktoken"
@@ -145,7 +146,7 @@ def _env(changes: dict) -> dict:
 
 RENDER_ALL = """
 import json, sys, time
-from edgeport.runtimes.chat import render_harmony
+from edgeport.core.harmony import render_harmony
 convs = json.loads(sys.argv[1])
 t0 = time.monotonic()
 out = {f"{name}/{effort}": render_harmony(msgs, effort) for name, msgs in convs.items()
@@ -186,7 +187,7 @@ def test_rendering_is_the_same_with_and_without_the_vocabulary(stalled, vocab_di
 @pytest.mark.parametrize("effort", ["low", "medium", "high"])
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
 def test_own_renderer_matches_openai_harmony_string_and_tokens(encoding, name, effort, date):
-    from edgeport.runtimes.chat import render_harmony_official, render_harmony_official_ids
+    from edgeport.core.harmony import render_harmony_official, render_harmony_official_ids
 
     msgs = as_messages(CONVERSATIONS[name])
     ours = render_harmony_own(msgs, effort, date)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from edgeport.serving.harmony import MARKERS, HarmonyStream, parse
+from edgeport.core.harmony import MARKERS, HarmonyStream, parse
 
 WELL_FORMED = ("<|channel|>analysis<|message|>First, think.<|end|>"
                "<|start|>assistant<|channel|>final<|message|>The answer is 4.<|return|>")

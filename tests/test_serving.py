@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeport.serving.harmony import MARKERS
+from edgeport.core.harmony import MARKERS
 from tests.conftest import ROOT, asgi_server
 
 ENGINES = {
@@ -292,8 +292,8 @@ class _FailingEngine:
 
     @staticmethod
     def make():
+        from edgeport.core.chat import LLAMA3_CHAT_TEMPLATE
         from edgeport.runtimes.base import ModelInfo
-        from edgeport.runtimes.chat import LLAMA3_CHAT_TEMPLATE
         from edgeport.serving.engines import Engine, Piece
 
         class Failing(Engine):
@@ -314,8 +314,8 @@ class _EndlessEngine:
 
     @staticmethod
     def make():
+        from edgeport.core.chat import LLAMA3_CHAT_TEMPLATE
         from edgeport.runtimes.base import ModelInfo
-        from edgeport.runtimes.chat import LLAMA3_CHAT_TEMPLATE
         from edgeport.serving.engines import Engine, Piece
 
         class Endless(Engine):

@@ -4,7 +4,7 @@ models/build_tiny.py trains the tiny gpt-oss on Python standard library code onl
 `<|start|>assistant` it never writes harmony channels. This continues its training, seeded, for
 a fixed number of steps, on that same code (half of every step, so its
 code modelling and thus its parity figures stay close) mixed with synthetic harmony
-conversations rendered exactly as runtimes/chat.py::render_harmony_own renders a prompt:
+conversations rendered exactly as edgeport/core/harmony.py::render_harmony_own renders a prompt:
 
     system (Reasoning: low|medium|high, sometimes a "Current date:" line), optional developer
     message, 0-2 earlier user / assistant-final turns, the user message, `<|start|>assistant`
@@ -65,8 +65,9 @@ from transformers import GptOssForCausalLM
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 
+from edgeport.core.chat import Message  # noqa: E402
+from edgeport.core.harmony import render_harmony_own  # noqa: E402
 from edgeport.models.build_tiny import HELDOUT, SEQ, corpus_files  # noqa: E402
-from edgeport.runtimes.chat import Message, render_harmony_own  # noqa: E402
 
 MODEL = ROOT / "tiny-gpt-oss"
 
@@ -266,7 +267,7 @@ def evalset_ppl(model, tok: Tokenizer) -> float:
 
 
 def harmony_generate(model, tok: Tokenizer, messages: list[dict], effort: str, max_new: int = 200) -> str:
-    from edgeport.runtimes.chat import render_harmony
+    from edgeport.core.harmony import render_harmony
 
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
     ids = tok.encode(render_harmony(messages, effort)).ids
@@ -304,7 +305,7 @@ def check(model, tok: Tokenizer) -> dict[str, float]:
 def effort_accuracy(model, tok: Tokenizer) -> float:
     """How often the effort word's first token, greedy, is the system message's (over EVAL_PROMPTS
     and the three efforts): 1/3 is an effort-blind model. A cheap check of the hard part."""
-    from edgeport.runtimes.chat import render_harmony
+    from edgeport.core.harmony import render_harmony
 
     first = {e: tok.encode(" " + e).ids[0] for e in EFFORT_SENTENCES}
     lead = ANALYSIS + SENTENCES[0].split(" {")[0]

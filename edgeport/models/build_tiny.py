@@ -38,7 +38,8 @@ from transformers import (
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 
-from edgeport.runtimes.chat import HARMONY_CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE  # noqa: E402
+from edgeport.core.chat import LLAMA3_CHAT_TEMPLATE  # noqa: E402
+from edgeport.core.harmony import CHAT_TEMPLATE as HARMONY_CHAT_TEMPLATE  # noqa: E402
 
 VOCAB = 1024
 SEQ = 256

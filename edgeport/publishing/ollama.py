@@ -5,9 +5,8 @@ Modelfile`), and the Hub's optional `template` (Go template) and `params` (JSON)
 Chat formats are data: a Jinja chat template is recognised by its markers and mapped to the Go
 template Ollama needs. Ollama switches to its harmony parser when the GGUF's architecture is
 gpt-oss and the template contains both `<|start|>` and `<|end|>` (ollama server/routes.go
-`shouldUseHarmony`); the harmony template below follows the shape of Ollama's own gpt-oss
-template (x/create/client/create.go, `gptossDefaultTemplate`), without the tool sections
-the bundled models were not trained for.
+`shouldUseHarmony`); the harmony template is edgeport.core.harmony's, built from the same
+constants as the prompt we render.
 
 Ollama passes system messages both as `.System` (collated) and inside `.Messages` (ollama
 template/template.go `collate`): the templates render them once, from `.System`."""
@@ -18,24 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-HARMONY = """<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.
-Knowledge cutoff: 2024-06
-Current date: {{ currentDate }}
-
-Reasoning: {{ if and .IsThinkSet .Think (ne .ThinkLevel "") }}{{ .ThinkLevel }}{{ else }}medium{{ end }}
-
-# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
-{{- if .System }}<|start|>developer<|message|># Instructions
-
-{{ .System }}<|end|>
-{{- end }}
-{{- range $i, $msg := .Messages }}
-{{- if eq $msg.Role "user" }}<|start|>user<|message|>{{ $msg.Content }}<|end|>
-{{- else if eq $msg.Role "assistant" }}
-{{- if $msg.Thinking }}<|start|>assistant<|channel|>analysis<|message|>{{ $msg.Thinking }}<|end|>{{ end }}
-{{- if $msg.Content }}<|start|>assistant<|channel|>final<|message|>{{ $msg.Content }}<|end|>{{ end }}
-{{- end }}
-{{- end }}<|start|>assistant"""
+from edgeport.core import harmony
 
 LLAMA3 = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
 
@@ -70,7 +52,7 @@ class ChatFormat:
 
 # first match wins
 FORMATS = (
-    ChatFormat("harmony", ("<|start|>", "<|message|>", "<|end|>"), HARMONY, ("<|return|>", "<|call|>"), 1.0),
+    ChatFormat("harmony", ("<|start|>", "<|message|>", "<|end|>"), harmony.OLLAMA_TEMPLATE, harmony.STOP, 1.0),
     # Llama 3 writes "\n\n" after the assistant header; a template may trim it (the bundled
     # tiny Llama's does): the generation prompt is taken from the Jinja template itself
     ChatFormat("llama3", ("<|start_header_id|>", "<|eot_id|>"), LLAMA3, ("<|eot_id|>",), turn_end="<|eot_id|>"),

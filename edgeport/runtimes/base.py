@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .chat import StopMatcher, render_harmony, render_template
+from edgeport.core.chat import StopMatcher, render_template
+from edgeport.core.harmony import render_harmony
 
 
 @dataclass

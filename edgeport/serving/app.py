@@ -21,10 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from edgeport.runtimes.chat import HARMONY_STOP, render_harmony, render_template
+from edgeport.core.chat import StopMatcher, render_template
+from edgeport.core.harmony import STOP as HARMONY_STOP
+from edgeport.core.harmony import HarmonyStream, render_harmony
 
 from .engines import Engine, Generation
-from .harmony import HarmonyStream
 from .protocol import APIError, ChatRequest, CompletionRequest, validation_error
 
 MALFORMED_NOTE = "the model's output was not well-formed harmony; the text that did not parse is in content"
@@ -227,29 +228,6 @@ class _Output:
         return bool(self.harmony and self.harmony.malformed)
 
 
-class _Cutter:
-    """Holds back a tail that may be a stop token's text (llama-server renders EOG tokens)."""
-
-    def __init__(self, cuts: list[str]):
-        self.cuts, self.buf, self.done = cuts, "", False
-
-    def feed(self, text: str) -> str:
-        if self.done:
-            return ""
-        self.buf += text
-        for c in self.cuts:
-            if (i := self.buf.find(c)) >= 0:
-                out, self.buf, self.done = self.buf[:i], "", True
-                return out
-        hold = max((k for c in self.cuts for k in range(1, len(c)) if self.buf.endswith(c[:k])), default=0)
-        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold:]
-        return out
-
-    def flush(self) -> str:
-        out, self.buf = ("" if self.done else self.buf), ""
-        return out
-
-
 async def _respond(engine: Engine, gate: Gate, settings: Settings, req, gen: Generation, *, chat: bool,
                    harmony: bool, request: Request):
     gate.enter(settings.retry_after_s)
@@ -298,7 +276,8 @@ async def _until_disconnect(request: Request, work) -> dict | None:
 async def _pieces(engine: Engine, gen: Generation, out: _Output) -> AsyncIterator[tuple[str, str, str | None, int]]:
     """(reasoning delta, content delta, finish_reason on the last, completion tokens)."""
     harmony = out.harmony is not None
-    cut = _Cutter(out.cuts if not harmony else [])  # harmony's parser ends at <|return|> itself
+    # llama-server renders EOG tokens as text: cut there (harmony's parser ends at <|return|> itself)
+    cut = StopMatcher(out.cuts if not harmony else [])
     async with contextlib.aclosing(engine.generate(gen)) as pieces:
         async for p in pieces:
             text = cut.feed(p.text)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import sys
 
 from edgeport.core.errors import EdgeportError
-from edgeport.runtimes.chat import normalize_effort
-
-from .harmony import HarmonyStream
+from edgeport.core.harmony import HarmonyStream, normalize_effort
 
 HELP = "commands: /effort low|medium|high (fast|balanced|deep), /reset, /exit"
 

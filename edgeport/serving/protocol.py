@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgeport.runtimes.chat import REASONING_EFFORTS
+from edgeport.core.harmony import REASONING_EFFORTS
 
 
 class APIError(Exception):

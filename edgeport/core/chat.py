@@ -1,0 +1,69 @@
+"""Chat messages, checkpoint chat templates and stop strings, shared by every runtime and the
+server. gpt-oss speaks harmony (edgeport.core.harmony); other families use the Jinja chat template
+that ships with the checkpoint, rendered here in a sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .harmony import normalize_effort
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+def as_messages(messages: Sequence[dict | Message]) -> list[Message]:
+    out = []
+    for m in messages:
+        out.append(m if isinstance(m, Message) else Message(m["role"], m["content"]))
+    return out
+
+
+def render_template(template: str, messages: Sequence[dict | Message], *, bos_token: str = "",
+                    eos_token: str = "", effort: str | None = None) -> str:
+    """Render a checkpoint's jinja chat template in a sandbox (templates are untrusted input)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    msgs = [{"role": m.role, "content": m.content} for m in as_messages(messages)]
+    return env.from_string(template).render(
+        messages=msgs, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token,
+        reasoning_effort=normalize_effort(effort))
+
+
+class StopMatcher:
+    """Streams text while holding back any tail that could still become a stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buf += piece
+        for s in self.stops:
+            if (i := self.buf.find(s)) >= 0:
+                out, self.buf, self.stopped = self.buf[:i], "", True
+                return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
+        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.stopped else self.buf), ""
+        return out
+
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for m in messages -%}"
+    "<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif -%}"
+)
