@@ -125,8 +125,8 @@ def gguf_dir(tmp_path_factory) -> Path:
 def exported(tmp_path_factory):
     """`exported(name)` -> (path, manifest) of a tests/export_cases.py case, exported once per
     session with the default gate (an export whose parity fails raises)."""
+    from edgeport.benchmarking.cases import CASES, case_model
     from edgeport.export.pipeline import export
-    from tests.export_cases import CASES, case_model
 
     root = tmp_path_factory.mktemp("cases")
     done: dict[str, tuple[Path, dict]] = {}

@@ -1,4 +1,4 @@
-"""The AMX guard in runtimes.llamacpp must reach llama.cpp, not just a Python object.
+"""The AMX guard (core.llama_log, used by runtimes.llamacpp) must reach llama.cpp, not just a Python object.
 
 A ctypes Structure takes a misspelt attribute without complaint, so setting
 `use_extra_bufts` proves nothing by itself: these tests check the field name against
@@ -17,9 +17,9 @@ import textwrap
 
 import pytest
 
+from edgeport.core import llama_log
+from edgeport.core.llama_log import cpu_has_amx, extra_bufts_enabled, model_params
 from edgeport.export.gguf_quantize import quantize
-from edgeport.runtimes import llamacpp
-from edgeport.runtimes.llamacpp import _model_params, cpu_has_amx, extra_bufts_enabled
 from tests.conftest import ROOT, gguf_of
 
 ENV = "EDGEPORT_LLAMA_EXTRA_BUFTS"
@@ -48,7 +48,7 @@ def test_use_extra_bufts_is_a_field_of_llama_model_params():
 
     assert "use_extra_bufts" in [f[0] for f in llama_cpp.llama_model_params._fields_]
     for flag in (True, False):
-        with _model_params(llama_cpp, flag):
+        with model_params(llama_cpp, flag):
             p = llama_cpp.llama_cpp.llama_model_default_params()  # what llama_cpp.Llama calls
         assert p.use_extra_bufts is flag
         # anything set outside _fields_ lands in the instance dict and never reaches C
@@ -60,7 +60,7 @@ def test_use_extra_bufts_is_a_field_of_llama_model_params():
     ("false", False, False), ("False", False, False), ("off", False, False),
 ])
 def test_extra_bufts_choice(monkeypatch, env, amx, expected):
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: amx)
     if env is None:
         monkeypatch.delenv(ENV, raising=False)
     else:

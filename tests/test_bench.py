@@ -1,6 +1,6 @@
 """invoke bench: one artifact against its raw backend (bench.json, manifest, PNG), the
 comparison table across one model's artifacts, and load on a real running server
-(`python -m edgeport.serving`, our front over llama-server, built by tools/llama_cpp.py; and a scripted
+(`python -m edgeport.serving`, our front over llama-server, built by edgeport/core/llama_tools.py; and a scripted
 server whose timing is known). Speeds are measured and written,
 never asserted against a goal: those live in the note and bench/, not in timed tests."""
 

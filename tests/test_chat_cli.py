@@ -24,7 +24,7 @@ def test_chat_in_a_terminal(exported):
         child.expect("chatting with")
         child.expect("> ")
         child.sendline("Write a function called parse_args.")
-        # the bundled model reasons in harmony (models/build_harmony.py): its analysis is shown
+        # the bundled model reasons in harmony (edgeport/models/build_harmony.py): its analysis is shown
         # first, apart, then the answer streams after its label
         child.expect(r"thinking: The reasoning effort is medium\.")
         child.expect("assistant:")

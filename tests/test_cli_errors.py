@@ -1,7 +1,8 @@
 """Every user mistake on serve, run, chat, plan, push, pull and bench ends in one line on stderr and
 exit 2, never a traceback: non-numbers, numbers out of range, missing files, bad URIs, unknown
 words, unknown flags, missing options. Each is caught before any model loads, so the whole table
-runs in seconds (the commands run as real subprocesses, `invoke …` and `python -m edgeport.serving …`)."""
+runs in seconds (the commands run as real subprocesses: `invoke …` in the checkout, the `edgeport` console
+script, and `python -m edgeport.serving …`). And `edgeport COMMAND --help` answers for every command."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
 INVOKE = [sys.executable, "-m", "invoke"]
+EDGEPORT = [str(Path(sys.executable).parent / "edgeport")]  # the console script (pip install -e .)
 G20 = "edgeport/planning/configs/gpt-oss-20b.json"
 SERVING = [sys.executable, "-m", "edgeport.serving"]
 MISSING = "/nonexistent/edgeport-artifact"
@@ -142,6 +145,27 @@ CASES = [
     ("bench-api-key-unset", [*INVOKE, "bench", "--serve", "http://127.0.0.1:9", "--api-key-env", UNSET], UNSET),
     ("bench-out-dir-missing", [*INVOKE, "bench", "--serve", "http://127.0.0.1:9", "--out", f"{MISSING}/x.json"],
      MISSING),
+    # the `edgeport` command itself: the same tasks, the same one line
+    ("edgeport-serve-port-word", [*EDGEPORT, "serve", "--artifact", "{art}", "--port", "abc"], "--port"),
+    ("edgeport-serve-ctx-too-small", [*EDGEPORT, "serve", "--artifact", "{art}", "--ctx", "8"], "--ctx"),
+    ("edgeport-serve-no-artifact", [*EDGEPORT, "serve"], "artifact"),
+    ("edgeport-serve-unknown-flag", [*EDGEPORT, "serve", "--artifact", "{art}", "--bogus", "1"], "--bogus"),
+    ("edgeport-run-temperature-nan", [*EDGEPORT, "run", "--artifact", "{dir}", "--prompt", "x", "--temperature",
+                                      "nan"], "--temperature"),
+    ("edgeport-run-no-prompt", [*EDGEPORT, "run", "--artifact", "{dir}"], "prompt"),
+    ("edgeport-chat-effort-unknown", [*EDGEPORT, "chat", "--artifact", "{dir}", "--reasoning-effort", "bogus"],
+     "bogus"),
+    ("edgeport-plan-device-unknown", [*EDGEPORT, "plan", "--device", "toaster", "--model", "gpt-oss-20b"],
+     "toaster"),
+    ("edgeport-plan-context-zero", [*EDGEPORT, "plan", "--device", "rtx-4090", "--model", G20, "--context", "0"],
+     "--context"),
+    ("edgeport-push-uri-scheme", [*EDGEPORT, "push", "--artifact", "{art}", "--to", "ftp://host/repo"],
+     "ftp://host/repo"),
+    ("edgeport-pull-layout-missing", [*EDGEPORT, "pull", "--from", f"file://{MISSING}", "--out", "{new}"], MISSING),
+    ("edgeport-bench-nothing", [*EDGEPORT, "bench"], "--artifact"),
+    ("edgeport-bench-serve-not-url", [*EDGEPORT, "bench", "--serve", "localhost8000"], "localhost8000"),
+    ("edgeport-export-target-unknown", [*EDGEPORT, "export", "--target", "toaster", "--out", "{new}"], "toaster"),
+    ("edgeport-unknown-command", [*EDGEPORT, "exprot"], "exprot"),
 ]
 
 
@@ -177,3 +201,59 @@ def test_user_mistake_is_one_line_and_exit_2(results, name):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, f"exit {r.returncode}, stderr:\n{r.stderr[-2000:]}"
     assert lines[0].startswith("edgeport: error: ") and word in lines[0], lines[0]
+
+
+# every command, and options its --help must name (what a user looks for first)
+HELP = {
+    "export": ["--target", "--model", "--out", "--quantization", "bundled"],
+    "parity": ["--artifact", "--device-output", "--source"],
+    "run": ["--artifact", "--prompt", "--chat", "--max-new-tokens"],
+    "chat": ["--artifact", "--reasoning-effort", "--max-new-tokens"],
+    "serve": ["--artifact", "--host", "--port", "--parallel", "--queue", "--ctx", "--api-key-env", "--threads"],
+    "show": ["--artifact", "--json"],
+    "bench": ["--artifact", "--compare", "--serve", "--reps"],
+    "plan": ["--device", "--model", "--target", "--context", "gpt-oss-20b"],
+    "push": ["--artifact", "--to", "--force"],
+    "pull": ["--from", "--out", "--force"],
+    "tools": ["--build", "--force"],
+    "toolenvs": ["--setup", "--clear", "--clear-all"],
+    "models": ["--force"],
+}
+
+
+def test_edgeport_lists_every_command():
+    r = subprocess.run([*EDGEPORT, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    listed = {line.split()[0] for line in r.stdout.split("Subcommands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")}
+    assert listed == set(HELP), listed
+    bare = subprocess.run(EDGEPORT, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0 and bare.stdout == r.stdout
+    version = subprocess.run([*EDGEPORT, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("edgeport "), version.stdout
+
+
+@pytest.mark.parametrize("command", sorted(HELP))
+def test_edgeport_command_help(command, tmp_path):
+    """`edgeport COMMAND --help` (what people type) and `edgeport --help COMMAND` (Invoke's spelling)
+    print the same help, from any directory, even with the command's required options missing."""
+    r = subprocess.run([*EDGEPORT, command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert r.stdout.startswith(f"Usage: edgeport [--core-opts] {command} "), r.stdout[:200]
+    missing = [o for o in HELP[command] if o not in r.stdout]
+    assert not missing, f"`edgeport {command} --help` does not name {missing}:\n{r.stdout}"
+    invoke_way = subprocess.run([*EDGEPORT, "--help", command], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60)
+    assert invoke_way.stdout == r.stdout
+
+
+def test_serve_options_are_defined_once():
+    """`edgeport serve` and `python -m edgeport.serving` offer the same options, from one table."""
+    from edgeport.serving.options import OPTIONS
+
+    task = subprocess.run([*EDGEPORT, "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
+    argparse_help = subprocess.run([*SERVING, "--help"], capture_output=True, text=True, timeout=60).stdout
+    for o in OPTIONS:
+        assert o.flag in task and o.flag in argparse_help, o.flag
+        words = " ".join(o.help.split())
+        assert words[:40] in " ".join(task.split()) and words[:40] in " ".join(argparse_help.split()), o.help

@@ -24,9 +24,10 @@ from edgeport.core import manifest as mf
 from edgeport.export import jetson_kit
 from edgeport.export.jetson_export import eval_requests
 from edgeport.export.pipeline import device_parity, export
-from edgeport.parity.device import continuation_match, path_regret, thresholds
+from edgeport.parity.device import continuation_match, path_regret
 from edgeport.parity.metrics import log_softmax
 from edgeport.runtimes.reference import ReferenceRuntime
+from edgeport.targets import device_thresholds_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,7 +313,7 @@ def test_edgellm_int4_variant_takes_its_own_bound(edge_kit):
     """The variant's sub-table overrides the runtime's table; what it leaves out is inherited."""
     m = mf.load(edge_kit)
     m["quantization"]["variant"] = "edgellm-int4"
-    th = thresholds(m)
+    th = device_thresholds_for(m)
     assert th["top1_regret_max"] == 0.03 and th["greedy_match_min"] == 4 and "INT4 AWQ" in th["reason"]
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from edgeport import targets
+from edgeport.benchmarking.cases import CASES, needs_toolenv
 from edgeport.core.errors import ParityFailure, TargetError
 from edgeport.export.pipeline import export
 from edgeport.parity.metrics import check, compare_logits, summarize, top1_regret, validate_thresholds
-from tests.export_cases import CASES, needs_toolenv
 
 # the gate's old rule, judged on raw top-1, per case: what refused these exports
 OLD_TOP1_MIN = {"cpu": 0.8, "apple": 0.8, "vllm": 0.8, "onnx": 0.95, "jetson": 0.95}

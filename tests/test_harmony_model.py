@@ -1,4 +1,4 @@
-"""The bundled tiny gpt-oss answers in harmony (models/build_harmony.py), served over both engines
+"""The bundled tiny gpt-oss answers in harmony (edgeport/models/build_harmony.py), served over both engines
 through the real `openai` client: its analysis arrives as `reasoning_content`, its answer as
 `content`, no harmony marker in either, and the analysis grows with the reasoning effort
 (mean length over build_harmony's eval prompts: low < medium < high)."""

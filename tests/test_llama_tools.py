@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import edgeport.core.llama_tools as lt
+from edgeport.core import llama_log
 from edgeport.core.atomic import Interrupted
 from edgeport.core.errors import RuntimeUnavailable
-from edgeport.runtimes import llamacpp
 from tests.conftest import LLAMA, gguf_of, unavailable
 
 # llama.cpp's `--version` (common's llama_print_build_info): "version: 0.5.0-dev (build 1, commit 0c1e570)"
@@ -71,7 +71,7 @@ def binding_ggml() -> tuple[str, str]:
     (True, "1", {}),  # EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns repacking back on, as for the runtime
 ])
 def test_repack_args_follow_the_runtimes_choice(monkeypatch, amx, env, expected):
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: amx)
     if env is None:
         monkeypatch.delenv("EDGEPORT_LLAMA_EXTRA_BUFTS", raising=False)
     else:
@@ -83,7 +83,7 @@ def test_unbuilt_tool_without_building_says_how(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(RuntimeUnavailable) as e:
         lt.tool("llama-server", build=False)
-    assert "\n" not in str(e.value) and "invoke tools --build" in str(e.value)
+    assert "\n" not in str(e.value) and "edgeport tools --build" in str(e.value)
     with pytest.raises(ValueError):
         lt.tool("llama-cli")
 
@@ -152,7 +152,7 @@ def test_quantize_runs(built):
 @pytest.mark.parametrize("name", lt.TOOLS)
 def test_repack_flags_are_the_tools_own(built, name, monkeypatch):
     """The flags repack_args gives on an AMX CPU are accepted: parsed before --version exits."""
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: True)
     monkeypatch.delenv("EDGEPORT_LLAMA_EXTRA_BUFTS", raising=False)
     flags = lt.repack_args(name)
     if name == "llama-quantize":

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from edgeport import targets
+from edgeport.benchmarking.cases import CASES, needs_toolenv
 from edgeport.export.pipeline import source_location
 from edgeport.planning import PlanError, devices, gguf_size, kv, measure, memory, model, weights
-from tests.export_cases import CASES, needs_toolenv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "edgeport" / "planning" / "configs"
@@ -188,7 +188,7 @@ def test_tiny_compute_buffers_match_llama_cpp(case, exported):
 
 @pytest.mark.slow
 def test_synthetic_full_size_gpt_oss_20b_gguf_within_3_percent(tmp_path_factory):
-    """A gpt-oss-20b-sized checkpoint (random MXFP4 experts, bench/synthetic.py) through the real
+    """A gpt-oss-20b-sized checkpoint (random MXFP4 experts, edgeport/benchmarking/synthetic.py) through the real
     cpu export: ~13 GB in, ~11.6 GB out, several minutes on 2 cores."""
     from edgeport.benchmarking.synthetic import build_in_subprocess
     from edgeport.export.pipeline import export

@@ -1,5 +1,5 @@
 """Publishing (`invoke push` / `invoke pull`), all real: a real OCI distribution registry
-(Debian's docker-registry, bcrypt htpasswd auth, bench/registry.py), OCI image layouts on disk,
+(Debian's docker-registry, bcrypt htpasswd auth, edgeport/benchmarking/registry.py), OCI image layouts on disk,
 and Hugging Face Hub stand-ins that record or serve exactly what HfApi would be asked for.
 
 What is checked:

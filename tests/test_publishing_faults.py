@@ -1,5 +1,5 @@
 """Publishing under faults, against the real registry (Debian's docker-registry, auth on,
-bench/registry.py) seen through a fault-injecting HTTP proxy on loopback (below): a blob PUT
+edgeport/benchmarking/registry.py) seen through a fault-injecting HTTP proxy on loopback (below): a blob PUT
 answered 503 once, a connection cut in the middle of a blob's body, a 429 with Retry-After, a
 registry that answers 503 to every PUT. Each push that can succeed must, and what is pulled back
 is byte-identical to what was pushed; one that cannot is one line after bounded retries.

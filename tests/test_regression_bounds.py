@@ -4,7 +4,7 @@ The user-facing gate thresholds (targets/*.toml) are for real models and sit far
 the bundled tiny models measure; these bounds pin the tiny models' own figures instead: mean KL
 within 2x of the measured value (both ways where quantization dominates it; figures at rounding
 noise level get an absolute bound of NOISE_KL, since kernels differ between CPUs), top-1 within
-0.02, top-1 regret within 2x. Measured with `python bench/parity_figures.py` on this project's
+0.02, top-1 regret within 2x. Measured with `python -m edgeport.benchmarking.parity_figures` on this project's
 machines (AMD EPYC, 2 cores); re-measure and update after a deliberate change.
 """
 
@@ -14,18 +14,18 @@ import sys
 
 import pytest
 
+from edgeport.benchmarking.cases import needs_toolenv
 from edgeport.core import manifest as mf
 from edgeport.core.source import sha256_file
 from tests.conftest import ROOT
-from tests.export_cases import needs_toolenv
 
 KL_FACTOR, TOP1_TOL, NOISE_KL = 2.0, 0.02, 2e-6
 FAST = {"cpu-gpt-oss-kquant", "cpu-gpt-oss-mxfp4", "cpu-llama", "vllm-gpt-oss", "vllm-gpt-oss-mxfp4",
         "onnx-llama-int8", "onnx-llama-tensorrt", "onnx-gpt-oss-mxfp4-int8", "jetson-llama-int8", "jetson6-llama"}
 
-# case -> stage -> (mean KL, top-1, top-1 regret), from bench/parity_figures.py
+# case -> stage -> (mean KL, top-1, top-1 regret), from edgeport/benchmarking/parity_figures.py
 MEASURED: dict[str, dict[str, tuple[float, float, float]]] = {
-    # the tiny gpt-oss as retrained to answer in harmony (models/build_harmony.py, issue #10)
+    # the tiny gpt-oss as retrained to answer in harmony (edgeport/models/build_harmony.py, issue #10)
     "cpu-gpt-oss": {"fidelity": (3.210e-4, 0.9923, 2.70e-5), "quantization": (6.404e-3, 0.9291, 9.03e-4),
                     "end_to_end": (6.638e-3, 0.9299, 9.03e-4)},
     "cpu-gpt-oss-kquant": {"fidelity": (3.210e-4, 0.9923, 2.70e-5), "quantization": (2.497e-3, 0.9570, 4.11e-4),

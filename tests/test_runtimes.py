@@ -97,7 +97,8 @@ def test_q4_k_does_not_crash_on_amx_cpus(gpt_oss_dir, gguf_dir, tmp_path):
     q = tmp_path / "q.gguf"
     quantize(gguf_of(gpt_oss_dir, gguf_dir), q, "Q4_K_M")
     code = textwrap.dedent(f"""
-        from edgeport.runtimes.llamacpp import LlamaCppRuntime, cpu_has_amx, extra_bufts_enabled
+        from edgeport.core.llama_log import cpu_has_amx, extra_bufts_enabled
+        from edgeport.runtimes.llamacpp import LlamaCppRuntime
         rt = LlamaCppRuntime({str(q)!r})
         l = rt.logits(list(range(10, 200)))
         print(cpu_has_amx(), extra_bufts_enabled(), l.shape)

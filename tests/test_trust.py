@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from edgeport import targets
+from edgeport.benchmarking.cases import case_model
 from edgeport.core import manifest as mf
 from edgeport.core.errors import ParityFailure, TargetError
 from edgeport.core.source import scan_safetensors
 from tests.conftest import ROOT
-from tests.export_cases import case_model
 
 
 def strict_json(path: Path):

@@ -1,7 +1,7 @@
 """The artifacts workflow (.github/workflows/artifacts.yml): linted by actionlint (with shellcheck
 for its `run:` blocks), and checked against the project itself: its matrix is exactly the
-valid target x bundled model pairs, every invoke command and option it uses exists, and the
-Jetson job runs the scripts the kit really contains."""
+valid target x bundled model pairs, every edgeport command and option it uses exists (and `invoke`
+in a checkout lists the same commands), and the Jetson job runs the scripts the kit really contains."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def _uses(job: dict, action: str) -> list[dict]:
 
 
 def _invocations(script: str) -> list[list[str]]:
-    """Every `invoke TASK --opt ...` in a script, as tokens (a `${{ expression }}` stays one token)."""
+    """Every `edgeport TASK --opt ...` in a script, as tokens (a `${{ expression }}` stays one token)."""
     out = []
     script = re.sub(r"\$\{\{\s*(.*?)\s*\}\}", lambda m: "${{" + m.group(1).replace(" ", "") + "}}", script)
     for line in script.splitlines():
@@ -111,7 +111,7 @@ def _invocations(script: str) -> list[list[str]]:
                 tokens = shlex.split(part, comments=True)
             except ValueError:
                 continue
-            if tokens[:1] == ["invoke"]:
+            if tokens[:1] == ["edgeport"]:
                 out.append(tokens)
     return out
 
@@ -140,7 +140,7 @@ def test_each_leg_exports_and_uploads_its_own_artifact(wf):
     (setup,) = _uses(job, "actions/setup-python")
     assert str(setup["with"]["python-version"]) == "3.11"
     assert setup["with"]["cache"] == "pip" and setup["with"]["cache-dependency-path"] == "pyproject.toml"
-    assert "python -m venv .venv && . .venv/bin/activate && pip install -e '.[cpu,onnx,dev]'" in _runs(job)
+    assert "python -m venv .venv && . .venv/bin/activate && pip install -e '.[export,cpu,onnx]'" in _runs(job)
 
     (export,) = [t for t in _invocations(_runs(job)) if t[1] == "export"]
     opts = dict(zip(export[2::2], export[3::2], strict=False))
@@ -152,7 +152,7 @@ def test_each_leg_exports_and_uploads_its_own_artifact(wf):
         out = _render(opts["--out"], leg)
         assert out.startswith("artifacts/") and _render(upload["with"]["path"], leg) == out
         assert _render(opts["--target"], leg) == leg["target"]
-        assert _render(opts["--model"], leg) == f"models/{leg['model']}"
+        assert _render(opts["--model"], leg) == leg["model"]  # a bundled checkpoint, by name
         # the publish job reads MODEL-TARGET back from the name, splitting at the last "-"
         assert _render(upload["with"]["name"], leg).rsplit("-", 1) == [leg["model"], leg["target"]]
 
@@ -192,23 +192,40 @@ def test_jetson_job_builds_and_judges_the_kit_on_the_orin(wf, tmp_path):
     assert shown == [f"{kit}/build_engine.sh", f"{kit}/run.sh"]
     positions = [script.find(s) for s in shown]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), script
-    assert script.find(shown[-1]) < script.find("invoke parity")
+    assert script.find(shown[-1]) < script.find("edgeport parity")
 
 
-def test_every_invoke_command_and_option_exists(wf):
+EDGEPORT = [sys.executable, "-m", "edgeport"]
+
+
+def _listed(argv: list[str]) -> set[str]:
+    """The task names a `--list` (invoke) or `--help` (edgeport) prints, indented under its heading."""
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    heading = r.stdout.index("Subcommands:" if "Subcommands:" in r.stdout else "Available tasks:")
+    return {line.split()[0] for line in r.stdout[heading:].splitlines()[1:] if line.startswith("  ") and
+            not line.startswith("   ")}
+
+
+def test_every_edgeport_command_and_option_exists(wf):
     used: dict[str, set[str]] = {}
     for job in wf["jobs"].values():
         for tokens in _invocations(_runs(job)):
             used.setdefault(tokens[1], set()).update(t.split("=")[0] for t in tokens[2:] if t.startswith("--"))
     assert {"export", "push", "pull", "parity"} <= set(used)
-    invoke = [sys.executable, "-m", "invoke"]
-    listing = subprocess.run([*invoke, "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert listing.returncode == 0, listing.stderr
-    tasks = {line.split()[0] for line in listing.stdout.splitlines()[1:] if line.startswith("  ") and line.strip()}
+    tasks = _listed([*EDGEPORT, "--help"])
     missing = sorted(set(used) - tasks)
-    assert not missing, f"the workflow runs invoke tasks that do not exist: {missing} (have: {sorted(tasks)})"
+    assert not missing, f"the workflow runs edgeport commands that do not exist: {missing} (have: {sorted(tasks)})"
     for task, options in sorted(used.items()):
-        help_text = subprocess.run([*invoke, "--help", task], cwd=ROOT, capture_output=True, text=True,
+        help_text = subprocess.run([*EDGEPORT, task, "--help"], cwd=ROOT, capture_output=True, text=True,
                                    timeout=120).stdout
         unknown = sorted(o for o in options if not re.search(rf"{re.escape(o)}\b", help_text))
-        assert not unknown, f"`invoke {task}` has no option {unknown}:\n{help_text}"
+        assert not unknown, f"`edgeport {task}` has no option {unknown}:\n{help_text}"
+
+
+def test_invoke_in_a_checkout_lists_the_edgeport_commands_and_the_chores():
+    commands = _listed([*EDGEPORT, "--help"])
+    assert {"export", "parity", "run", "chat", "serve", "show", "bench", "plan", "push", "pull", "tools",
+            "toolenvs", "models"} <= commands
+    assert _listed([sys.executable, "-m", "invoke", "--list"]) == commands | {"test", "lint", "bench-export",
+                                                                             "bench-requant"}

@@ -1,4 +1,4 @@
-"""`invoke bench --artifact DIR`: one artifact's speed through our runtime and through its raw
+"""`edgeport bench --artifact DIR`: one artifact's speed through our runtime and through its raw
 backend in the same run, written to bench.json, the manifest and bench.png."""
 
 from __future__ import annotations
@@ -7,11 +7,14 @@ import platform
 import time
 from pathlib import Path
 
+from edgeport import runtimes
 from edgeport.core import manifest as mf
+from edgeport.core.atomic import write_json
 from edgeport.core.errors import RuntimeUnavailable
 from edgeport.core.progress import console
 
 from . import raw, speed
+from .plots import speed_figure
 
 SCHEMA = "edgeport.bench/1"
 RUNS_HERE = {"llama.cpp", "onnxruntime"}
@@ -32,8 +35,6 @@ def artifact_bytes(artifact: Path, m: dict) -> int:
 
 
 def bench(artifact: Path, *, reps: int = 3, warmup: int = 1, new_tokens: int = 32, with_raw: bool = True) -> dict:
-    from edgeport import runtimes
-
     m = mf.verify(artifact, skip={"bench.json", "bench.png"})  # measure only what the manifest describes
     name = m["runtime"]["name"]
     if name not in RUNS_HERE:
@@ -77,8 +78,6 @@ def save(artifact: Path, report: dict) -> None:
     """bench.json and bench.png into the artifact; the manifest gets the summary and the new files,
     without re-sealing the rest: an artifact whose files no longer match its manifest is
     refused before anything is written (a bench proves nothing about the files)."""
-    from edgeport.core.atomic import write_json
-
     bench = {"created": report["created"], "machine": report["machine"],
              "workloads": [{k: (v["median"] if isinstance(v, dict) and "median" in v else v)
                             for k, v in w.items() if k != "raw"} for w in report["workloads"]]}
@@ -91,7 +90,6 @@ def _figure(report: dict, path: Path) -> None:
     import os
     import tempfile
 
-    from .plots import speed_figure
 
     with tempfile.TemporaryDirectory(prefix=".bench-", dir=path.parent) as tmp:
         speed_figure(report, Path(tmp) / path.name)

@@ -5,7 +5,7 @@ Prints wall time and peak RSS of each conversion (a fresh process each, so peaks
 mix), next to llama.cpp's own converter on the same input with --with-llama-cpp. Peak RSS
 must not grow with the layer count: conversion streams one chunk at a time.
 
-    python bench/bench_export.py --layers 2,4,24 --with-llama-cpp
+    python -m edgeport.benchmarking.bench_export --layers 2,4,24 --with-llama-cpp
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from edgeport.benchmarking.synthetic import build_in_subprocess  # noqa: E402
+from edgeport.benchmarking.llama_cpp_converter import converter_command, converter_script
+from edgeport.benchmarking.synthetic import build_in_subprocess
 
 
 def ours_command(model: Path, out: Path) -> list[str]:
@@ -48,7 +47,6 @@ def main() -> None:
         for who, cmd in [("edgeport", ours_command(model, work / f"ours-{n}.gguf"))] + (
                 [("llama.cpp", None)] if a.with_llama_cpp else []):
             if who == "llama.cpp":
-                from edgeport.benchmarking.llama_cpp_converter import converter_command, converter_script
 
                 cmd = converter_command(converter_script(), model, work / f"theirs-{n}.gguf", "GptOssForCausalLM",
                                         outtype="auto")

@@ -1,10 +1,10 @@
 """Benchmark: the importance-matrix step (in-process, export/imatrix.py) on synthetic checkpoints
-with gpt-oss-20b's real dimensions (bench/synthetic.py, MXFP4 experts, random values), converted
+with gpt-oss-20b's real dimensions (edgeport/benchmarking/synthetic.py, MXFP4 experts, random values), converted
 to the GGUF the exporter feeds it. Each measurement runs in a fresh child process: wall time and
 peak RSS of the imatrix step alone (the model file is mmapped, so RSS counts the pages it touches).
 Per-layer cost is what scales to the full 24 layers.
 
-    python bench/bench_imatrix.py --layers 1,2 --chunks 2
+    python -m edgeport.benchmarking.bench_imatrix --layers 1,2 --chunks 2
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 For each GGUF type and extra-buffer-type setting: prompt processing and generation speed
 on a GGUF made from the bundled tiny gpt-oss (or --gguf FILE), or the signal it died of.
 
-    python bench/bench_llama_amx.py [--types F16,Q8_0,Q4_K_M] [--tokens 512]
+    python -m edgeport.benchmarking.bench_llama_amx [--types F16,Q8_0,Q4_K_M] [--tokens 512]
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgeport.core.architectures import for_config
+from edgeport.core.llama_log import cpu_has_amx
+from edgeport.core.source import Source
+from edgeport.export.gguf_convert import write_gguf
+from edgeport.export.gguf_quantize import quantize
 from edgeport.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,11 +42,6 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--model", default=str(MODELS / "tiny-llama"))
     a = ap.parse_args()
-    from edgeport.core.architectures import for_config
-    from edgeport.core.source import Source
-    from edgeport.export.gguf_convert import write_gguf
-    from edgeport.export.gguf_quantize import quantize
-    from edgeport.runtimes.llamacpp import cpu_has_amx
 
     print(f"CPU has AMX: {cpu_has_amx()}")
     with tempfile.TemporaryDirectory() as tmp:

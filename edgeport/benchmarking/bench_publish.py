@@ -1,6 +1,6 @@
 """Push and pull a multi-GB GGUF artifact through a real local registry (Debian's
 docker-registry, auth on) and a file:// OCI layout: throughput and the peak RSS of each
-`invoke push` / `invoke pull` process (goal: under 300 MB whatever the artifact's size).
+`edgeport push` / `edgeport pull` process (goal: under 300 MB whatever the artifact's size).
 
 The artifact is synthetic: a valid GGUF of random F16 tensors (its header is what Docker Model
 Runner's config reads) with a manifest listing its files and no parity report, so it is pushed
@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from edgeport.benchmarking.registry import PASSWORD, USER, LocalRegistry
+from edgeport.core import manifest as mf
 
 
 def make_artifact(out: Path, gib: float) -> Path:
@@ -25,7 +26,6 @@ def make_artifact(out: Path, gib: float) -> Path:
     import gguf
     import numpy as np
 
-    from edgeport.core import manifest as mf
 
     if (out / mf.NAME).is_file():
         return out
@@ -61,7 +61,7 @@ def make_artifact(out: Path, gib: float) -> Path:
 def measured(cmd: list[str], env: dict) -> dict:
     """Wall time and peak RSS of one command (its own rusage, via wait4)."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = p.stdout.read().decode()
     _, status, ru = os.wait4(p.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -80,7 +80,6 @@ def main() -> None:
         make_artifact(a.workdir / "artifact", a.gib)
         return
 
-    from edgeport.benchmarking.registry import PASSWORD, USER, LocalRegistry
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     # in a child: this process must stay small, since a forked child's peak RSS counts the parent's
@@ -89,19 +88,19 @@ def main() -> None:
     art = a.workdir / "artifact"
     size = sum(p.stat().st_size for p in art.iterdir())
     env = dict(os.environ, EDGEPORT_REGISTRY_USER=USER, EDGEPORT_REGISTRY_PASSWORD=PASSWORD)
-    invoke = [sys.executable, "-m", "invoke"]
+    cli = [sys.executable, "-m", "edgeport"]
     results = {"artifact_bytes": size}
     try:
         with LocalRegistry(a.workdir) as reg:
             uri = f"oci://{reg.host}/bench/synthetic:v1"
-            results["registry_push"] = measured([*invoke, "push", "--artifact", str(art), "--to", uri,
+            results["registry_push"] = measured([*cli, "push", "--artifact", str(art), "--to", uri,
                                                  "--insecure", "--force"], env)
-            results["registry_pull"] = measured([*invoke, "pull", "--from", uri, "--out",
+            results["registry_pull"] = measured([*cli, "pull", "--from", uri, "--out",
                                                  str(a.workdir / "pulled"), "--insecure"], env)
             shutil.rmtree(a.workdir / "pulled")
         layout = f"file://{a.workdir / 'layout'}:v1"
-        results["layout_push"] = measured([*invoke, "push", "--artifact", str(art), "--to", layout, "--force"], env)
-        results["layout_pull"] = measured([*invoke, "pull", "--from", layout, "--out", str(a.workdir / "pulled")], env)
+        results["layout_push"] = measured([*cli, "push", "--artifact", str(art), "--to", layout, "--force"], env)
+        results["layout_pull"] = measured([*cli, "pull", "--from", layout, "--out", str(a.workdir / "pulled")], env)
     finally:
         shutil.rmtree(a.workdir / "pulled", ignore_errors=True)
         shutil.rmtree(a.workdir / "layout", ignore_errors=True)

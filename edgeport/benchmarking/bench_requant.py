@@ -5,7 +5,7 @@ counts; prints wall time, time per layer and peak RSS (each run in its own proce
 Peak RSS must not grow with the layer count: experts are quantized one at a time and each
 layer is its own shard, so a 24-layer 20B fine-tune fits a 16 GB machine.
 
-    python bench/bench_requant.py --layers 1,2,4
+    python -m edgeport.benchmarking.bench_requant --layers 1,2,4
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ every server answers the same raw prompt; `/v1/chat/completions` with --endpoint
 - llama_cpp.server: llama-cpp-python's server (`pip install 'llama-cpp-python[server]'`,
                 the `bench` extra) on the same file, with the same context per request
 
-    python bench/bench_serve.py --artifact artifacts/tiny-llama/cpu [--clients 1,4,8]
+    python -m edgeport.benchmarking.bench_serve --artifact artifacts/tiny-llama/cpu [--clients 1,4,8]
         [--requests 4] [--max-tokens 64] [--parallel 8] [--ctx 512] [--out bench-serve-compare.json]
 
 Prints one table (aggregate output tok/s, TTFT p50/p99 per server and concurrency) and the
@@ -31,17 +31,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgeport.benchmarking.serve_load import load
+from edgeport.core.llama_tools import tool
+from edgeport.core.manifest import load as read_manifest
+from edgeport.serving.engines import free_port, llama_server_command
+
 REPO = Path(__file__).resolve().parent.parent
 
 # llama_cpp.server loads the model through llama_cpp.Llama: run it under the same
-# extra-buffer-types switch edgeport's runtime uses (runtimes/llamacpp.py).
+# extra-buffer-types switch edgeport's runtime uses (core/llama_log.py).
 SHIM = """
 import sys
-from edgeport.runtimes.llamacpp import _model_params, extra_bufts_enabled
+from edgeport.core.llama_log import extra_bufts_enabled, model_params
 import llama_cpp
 from llama_cpp.server.__main__ import main
 sys.argv = ["llama_cpp.server", *sys.argv[1:]]
-with _model_params(llama_cpp, extra_bufts_enabled()):
+with model_params(llama_cpp, extra_bufts_enabled()):
     main()
 """
 
@@ -78,9 +83,6 @@ def _started(cmd: list[str], ready_path: str, port: int, log: Path):
 
 
 def servers(artifact: Path, gguf: Path, parallel: int, ctx: int, threads: int | None) -> dict:
-    from edgeport.core.llama_tools import tool
-    from edgeport.serving.engines import free_port, llama_server_command
-
     def front(port: int) -> tuple[list[str], str]:
         return ([sys.executable, "-m", "edgeport.serving", "--artifact", str(artifact), "--port", str(port),
                  "--parallel", str(parallel), "--queue", "256", "--ctx", str(ctx)]
@@ -100,7 +102,7 @@ def servers(artifact: Path, gguf: Path, parallel: int, ctx: int, threads: int | 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifact", type=Path, required=True, help="a GGUF artifact directory (invoke export)")
+    ap.add_argument("--artifact", type=Path, required=True, help="a GGUF artifact directory (edgeport export)")
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -112,8 +114,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-serve-compare.json"))
     a = ap.parse_args()
 
-    from edgeport.benchmarking.serve_load import load
-    from edgeport.core.manifest import load as read_manifest
 
     manifest = read_manifest(a.artifact)
     ggufs = [f["path"] for f in manifest["files"] if f["path"].endswith(".gguf") and "imatrix" not in f["path"]]

@@ -1,4 +1,4 @@
-"""`invoke bench --compare DIR [DIR …]`: the seed's table for the artifacts of one model on
+"""`edgeport bench --compare DIR [DIR …]`: the seed's table for the artifacts of one model on
 this machine — runtime, size, time to first token, decode tokens/s, peak memory, quality
 retained — with the reference (transformers on the source checkpoint) as the first row.
 Each row is measured in a child process of its own, so its peak RSS is its own.
@@ -17,8 +17,11 @@ from pathlib import Path
 
 from edgeport.core import manifest as mf
 from edgeport.core.errors import RuntimeUnavailable
+from edgeport.export.pipeline import source_location
 
 from . import raw
+from .artifact import RUNS_HERE, artifact_bytes
+from .speed import ROOT, threads
 
 _CHILD = """
 import json, sys
@@ -31,8 +34,6 @@ with runtimes.load({path!r}, **{opts!r}) as rt:
 
 
 def _measure(path: Path, opts: dict, window: int | None, new: int, reps: int) -> tuple[dict, float]:
-    from .speed import ROOT
-
     code = _CHILD.format(root=str(ROOT), path=str(path), opts=opts, window=window, new=new, reps=reps)
     out, rss = raw._run([sys.executable, "-c", code])
     return json.loads(out.strip().splitlines()[-1]), rss
@@ -48,11 +49,6 @@ def _quality(report: dict | None) -> dict:
 
 
 def compare(artifacts: list[Path], reps: int = 3, new_tokens: int = 32) -> dict:
-    from edgeport.export.pipeline import source_location
-
-    from .artifact import RUNS_HERE, artifact_bytes
-    from .speed import threads
-
     ms = [mf.load(a) for a in artifacts]
     sources = {m["source"]["files"] and json.dumps(m["source"]["files"], sort_keys=True) for m in ms}
     if len(sources) > 1:

@@ -12,16 +12,14 @@ import json
 import tempfile
 from pathlib import Path
 
+from edgeport.export.pipeline import export
 from edgeport.models import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(MODELS / "tiny-gpt-oss"))
     a = ap.parse_args()
-    from edgeport.export.pipeline import export
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

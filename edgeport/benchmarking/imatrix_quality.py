@@ -3,9 +3,10 @@ gate's quantization stage (GGUF F16 -> quantized, both in llama.cpp, the eval se
 without the imatrix (i-quants only with: edgeport refuses them without one), and file sizes.
 The model is converted, and the imatrix computed (the shipped calibration set), once per model;
 the reference and F16 logits are scored once and reused for every variant, so this runs the
-exporter's steps, not `invoke export` itself (gpt-oss: experts MXFP4 and kept, as exported).
+exporter's steps, not `edgeport export` itself (gpt-oss: experts MXFP4 and kept, as exported).
 
-    python bench/imatrix_quality.py [--models tiny-llama tiny-gpt-oss] [--schemes Q4_K_M ...] [--json FILE]
+    python -m edgeport.benchmarking.imatrix_quality [--models tiny-llama tiny-gpt-oss] \
+        [--schemes Q4_K_M ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ import json
 import tempfile
 from pathlib import Path
 
+from edgeport import targets
+from edgeport.core.architectures import for_config
+from edgeport.core.quant import IQUANTS
+from edgeport.core.source import Source
+from edgeport.export.gguf_convert import write_gguf
+from edgeport.export.gguf_export import GGUFExporter
+from edgeport.export.gguf_quantize import quantize
+from edgeport.export.imatrix import compute, load_calibration
 from edgeport.models import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from edgeport.parity import gate
+from edgeport.runtimes import load_runtime
+from edgeport.runtimes.reference import ReferenceRuntime
 
 SCHEMES = ["Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_M", "Q2_K", "IQ2_M"]
 
@@ -50,16 +60,6 @@ class Cached:
 def measure(model: str, schemes: list[str], work: Path) -> list[dict]:
     import gguf
 
-    from edgeport import targets
-    from edgeport.core.architectures import for_config
-    from edgeport.core.source import Source
-    from edgeport.export.gguf_convert import write_gguf
-    from edgeport.export.gguf_export import GGUFExporter
-    from edgeport.export.gguf_quantize import IQUANTS, quantize
-    from edgeport.export.imatrix import compute, load_calibration
-    from edgeport.parity import gate
-    from edgeport.runtimes import load_runtime
-    from edgeport.runtimes.reference import ReferenceRuntime
 
     src = Source.open(MODELS / model)
     arch = for_config(src.config)

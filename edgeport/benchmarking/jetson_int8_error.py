@@ -13,9 +13,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from edgeport.export import edgellm
 from edgeport.models import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from edgeport.parity.gate import load_evalset
+from edgeport.parity.metrics import compare_logits, summarize
+from edgeport.runtimes.reference import ReferenceRuntime
+from edgeport.runtimes.simulated import SimulatedRuntime
 
 
 def main() -> None:
@@ -24,11 +27,6 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     a = ap.parse_args()
 
-    from edgeport.export import edgellm
-    from edgeport.parity.gate import load_evalset
-    from edgeport.parity.metrics import compare_logits, summarize
-    from edgeport.runtimes.reference import ReferenceRuntime
-    from edgeport.runtimes.simulated import SimulatedRuntime
 
     with tempfile.TemporaryDirectory() as d:
         ckpt = Path(d) / "int8"

@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
+from edgeport.core.source import Source
+from edgeport.export import mxfp4
+from edgeport.export.hf_mxfp4 import EXPERT_WEIGHTS
 from edgeport.models import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(MODELS / "tiny-gpt-oss"))
     a = ap.parse_args()
-    from edgeport.core.source import Source
-    from edgeport.export import mxfp4
-    from edgeport.export.hf_mxfp4 import EXPERT_WEIGHTS
 
     src = Source.open(a.model)
     acc = {r: {"sq": 0.0, "abs": 0.0} for r in mxfp4.EXPONENT_RULES}

@@ -1,9 +1,9 @@
 """Parity figures of every export case the tests pin (tests/test_regression_bounds.py): mean KL,
 top-1, top-1 regret, PPL delta per judged stage, for the trained tiny models and the
-random-init ones (models/build_random.py). Re-measure after a deliberate change and update the
+random-init ones (edgeport/models/build_random.py). Re-measure after a deliberate change and update the
 table in the test with the new figures.
 
-    python bench/parity_figures.py [--only NAME ...] [--workdir /tmp/edgeport-figures]
+    python -m edgeport.benchmarking.parity_figures [--only NAME ...] [--workdir /tmp/edgeport-figures]
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import json
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from tests.export_cases import CASES, case_model  # noqa: E402
+from edgeport.benchmarking.cases import CASES, case_model
+from edgeport.export.pipeline import export
 
 
 def figures(report: dict) -> dict:
@@ -28,7 +27,6 @@ def main() -> None:
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--workdir", type=Path)
     a = ap.parse_args()
-    from edgeport.export.pipeline import export
 
     work = a.workdir or Path(tempfile.mkdtemp(prefix="edgeport-figures-"))
     out = {}

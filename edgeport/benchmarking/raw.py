@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 from edgeport.core.errors import RuntimeUnavailable
+from edgeport.core.llama_tools import repack_args, tool
 
 # A forked child's peak RSS counts the parent's pages at fork time (Linux saves the old mm's
 # high-water mark at exec; vfork shares it), so a big parent inflates every child it measures.
@@ -46,8 +47,6 @@ def _run(cmd: list[str], stdin: str | None = None) -> tuple[str, float]:
 
 def llama_bench(gguf: Path, prompt_tokens: int, new_tokens: int, reps: int, threads: int) -> dict:
     """pp<prompt_tokens> and tg<new_tokens> at depth <prompt_tokens>, llama-bench's JSON."""
-    from edgeport.core.llama_tools import repack_args, tool
-
     exe = tool("llama-bench")
     base = [str(exe), "-m", str(gguf), "-r", str(reps), "-t", str(threads), "-o", "json", *repack_args("llama-bench")]
     pp_out, pp_rss = _run([*base, "-p", str(prompt_tokens), "-n", "0"])

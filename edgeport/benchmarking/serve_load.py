@@ -1,4 +1,4 @@
-"""`invoke bench --serve URL`: N concurrent streaming clients (asyncio + httpx) against an
+"""`edgeport bench --serve URL`: N concurrent streaming clients (asyncio + httpx) against an
 OpenAI-compatible server on loopback. Per request: time to the first chunk of any kind (what
 vLLM's `bench serve` calls TTFT: a role-only or reasoning chunk counts), time to the first
 generated token (reasoning or answer), time to the first answer token (after reasoning), the

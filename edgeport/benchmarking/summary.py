@@ -1,4 +1,4 @@
-"""`invoke show --artifact DIR`: the one screen a user wants about an artifact — what it is,
+"""`edgeport show --artifact DIR`: the one screen a user wants about an artifact — what it is,
 how it was quantized (fallbacks included), whether parity passed per stage, bench figures if
 any, and how to run, serve and ship it."""
 
@@ -17,7 +17,7 @@ def _mib(n: int) -> str:
 
 def _how(artifact: Path, m: dict) -> list[str]:
     a, rt = str(artifact), m["runtime"]
-    lines = [f"invoke run --artifact {a} --prompt \"Hello\" --chat"]
+    lines = [f"edgeport run --artifact {a} --prompt \"Hello\" --chat"]
     if m["format"] == "gguf":
         model = Path(a) / rt["model_file"]
         lines += [f"llama-server -m {model} --port 8000        # OpenAI-compatible server",
@@ -26,8 +26,8 @@ def _how(artifact: Path, m: dict) -> list[str]:
         lines.append(rt.get("serve", f"vllm serve {a} --quantization mxfp4"))
     elif m["format"] == "jetson":
         lines = [f"on the Orin: cd {a} && " + " && ".join(f"./{s}" for s in rt.get("kit", []) if s.endswith(".sh")),
-                 f"invoke parity --artifact {a} --device-output device_output.json"]
-    lines += [f"invoke bench --artifact {a}", f"invoke push --artifact {a} --to oci://HOST/REPO:TAG"]
+                 f"edgeport parity --artifact {a} --device-output device_output.json"]
+    lines += [f"edgeport bench --artifact {a}", f"edgeport push --artifact {a} --to oci://HOST/REPO:TAG"]
     return lines
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from edgeport.models import MODELS
 
-ROOT = Path(__file__).resolve().parent.parent
-
 # openai/gpt-oss-20b config.json, less what a synthetic copy cannot have
 GPT_OSS_20B = {
     "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": 2880,

@@ -35,3 +35,7 @@ class ParityFailure(EdgeportError):
 
 class CalibrationError(EdgeportError):
     """The calibration text for the importance matrix is missing, empty, not text or too short."""
+
+
+class MissingExtra(EdgeportError):
+    """A command needs an optional dependency this install lacks; the message names the extra."""

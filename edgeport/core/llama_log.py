@@ -1,12 +1,25 @@
-"""llama-cpp-python glue shared by the quantizer and the runtime: importing it with a clear
-error, and routing llama.cpp's log through us (quiet by default, quoted when it fails)."""
+"""llama-cpp-python glue shared by the quantizer, the importance matrix, the runtime and the
+llama.cpp tools: importing it with a clear error, routing llama.cpp's log through us (quiet by
+default, quoted when it fails), and the AMX guard every llama.cpp load goes through.
+
+AMX: on CPUs with Intel AMX, llama.cpp built with native flags repacks Q4_K weights into
+its AMX buffer type and segfaults on the first matmul (ggml-org/llama.cpp#20824). Loads
+turn extra buffer types off on such CPUs (`use_extra_bufts = False`, `model_params`), which
+keeps the plain CPU kernels, and the command-line tools get their no-repack flags
+(core/llama_tools.py); EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns them back on.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import os
 import threading
+from pathlib import Path
 
 from .errors import RuntimeUnavailable
+from .progress import pause_point
 
 
 def require_llama_cpp():
@@ -18,6 +31,44 @@ def require_llama_cpp():
         ) from None
     return llama_cpp
 
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_tile", "amx_int8", "amx_bf16"))
+
+
+def extra_bufts_enabled() -> bool:
+    """Off on AMX CPUs unless EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of
+    "off" ("0", "false", "False", "no", "off") must stay off, or an AMX CPU crashes."""
+    env = os.environ.get("EDGEPORT_LLAMA_EXTRA_BUFTS")
+    if env is not None:
+        return env.strip().lower() not in ("0", "", "false", "no", "off")
+    return not cpu_has_amx()
+
+
+@contextlib.contextmanager
+def model_params(lc, use_extra_bufts: bool):
+    """llama_cpp.Llama builds its model params from llama_cpp.llama_cpp's
+    llama_model_default_params(); wrap that one while the model loads."""
+    lc = lc.llama_cpp
+    orig = lc.llama_model_default_params
+
+    def patched():
+        p = orig()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    lc.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = orig
+
+
 _lock = threading.RLock()
 
 
@@ -25,11 +76,9 @@ class LlamaLog:
     """Context manager collecting llama.cpp log lines instead of printing them."""
 
     def __init__(self):
-        import llama_cpp
+        import llama_cpp  # heavy and optional (the cpu extra): only where a log is captured
 
         self.lc, self.lines = llama_cpp, []
-
-        from .progress import pause_point
 
         @llama_cpp.llama_log_callback
         def cb(level, text, user_data):

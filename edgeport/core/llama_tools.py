@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgeport.core.atomic import staging
 from edgeport.core.errors import RuntimeUnavailable
+from edgeport.core.llama_log import extra_bufts_enabled
 from edgeport.core.progress import console
 from edgeport.core.toolenv import _tool_process
 
@@ -54,10 +55,20 @@ _MAKE = re.compile(r"^\[\s*(\d+)%\]")
 
 
 def version() -> str:
-    """The installed llama-cpp-python's version: it pins the llama.cpp the tools are built from."""
-    from edgeport.core.llama_log import require_llama_cpp
+    """The llama-cpp-python version that pins the llama.cpp the tools are built from: the installed
+    one, else (a base install serving GGUF with llama-server only) the one edgeport's cpu extra pins."""
+    import importlib.metadata as md
 
-    return require_llama_cpp().__version__
+    try:
+        return md.version("llama-cpp-python")
+    except md.PackageNotFoundError:
+        pass
+    for req in md.requires("edgeport") or []:
+        m = re.match(r"llama[-_]cpp[-_]python\s*==\s*([\w.]+)", req)
+        if m:
+            return m[1]
+    raise RuntimeUnavailable("llama-cpp-python is not installed and edgeport pins no version of it: "
+                             "pip install 'edgeport[cpu]'")
 
 
 def cache_root() -> Path:
@@ -138,7 +149,7 @@ def tool(name: str, *, build: bool = True) -> Path:
         raise ValueError(f"unknown llama.cpp tool {name!r}; known: {', '.join(TOOLS)}")
     if installed() is None:
         if not build:
-            raise RuntimeUnavailable(f"llama.cpp's {name} is not built yet; `invoke tools --build` builds it "
+            raise RuntimeUnavailable(f"llama.cpp's {name} is not built yet; `edgeport tools --build` builds it "
                                      "(about 10 minutes, once)")
         _build_all()
     return tools_dir() / name
@@ -146,11 +157,9 @@ def tool(name: str, *, build: bool = True) -> Path:
 
 def repack_args(tool: str) -> list[str]:
     """The arguments that turn llama.cpp's weight repacking off for `tool`, wherever the
-    runtime turns it off too (runtimes.llamacpp.extra_bufts_enabled: on AMX CPUs, where
+    runtime turns it off too (core.llama_log.extra_bufts_enabled: on AMX CPUs, where
     repacked Q4_K/Q8_0 matmuls segfault, #20824, unless EDGEPORT_LLAMA_EXTRA_BUFTS overrides);
     empty elsewhere, and for a tool without such a flag."""
-    from edgeport.runtimes.llamacpp import extra_bufts_enabled
-
     return [] if extra_bufts_enabled() else list(_NO_REPACK.get(tool, ()))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import write_json
-from .errors import EdgeportError
+from .errors import EdgeportError, SourceError
 from .source import Source, sha256_file
 
 SCHEMA = "edgeport.manifest/1"
@@ -133,8 +133,6 @@ def record(root: Path, updates: dict, writes: dict[str, Callable[[Path], object]
 
 
 def load(root: Path) -> dict:
-    from .errors import SourceError
-
     p = Path(root) / NAME
     if not p.is_file():
         raise SourceError(f"{root}: no {NAME}; is this an edgeport artifact?")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
 from .errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,6 @@ def remember(digest: str, root: Path) -> None:
     """Note where a source with `digest` lives on this machine, newest first (best effort: a
     read-only home only costs the parity re-run its default). Several copies of one checkpoint
     may be known; those that are gone are dropped."""
-    from .atomic import write_json
-
     known = _read_index()
     paths = [str(root)] + [p for p in known.get(digest, []) if p != str(root) and Path(p).is_dir()]
     if known.get(digest) == paths[:8]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeport.core import toolenv
 from edgeport.core.errors import QuantizationError
+from edgeport.core.kit_weights import unpack_int4_rows
 from edgeport.export import onnx_graph
 
 CALIBRATION = Path(__file__).parent / "data" / "calibration.jsonl"
@@ -207,15 +208,6 @@ def _scope(node) -> str | None:
             mods = [s for s in ast.literal_eval(p.value) if s.startswith(PREFIX)]
             return mods[-1][len(PREFIX):] if mods else None
     return None
-
-
-def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
-    """ModelOpt's packed int4 weight [out/2, in] uint8 -> int8 [out, in]: row 2i in the low
-    nibble, row 2i+1 in the high nibble, two's complement (tests/test_jetson_target.py checks
-    this reconstructs the source weights; runtimes/simulated.py computes with it)."""
-    out = np.empty((packed.shape[0] * 2, packed.shape[1]), np.int8)
-    out[0::2], out[1::2] = packed & 0x0F, packed >> 4
-    return np.where(out > 7, out - 16, out).astype(np.int8)
 
 
 def unpack_nibbles(packed: np.ndarray) -> np.ndarray:

@@ -210,7 +210,9 @@ def _encode(t: OutTensor, chunk: np.ndarray) -> np.ndarray:
 
 # --- metadata ------------------------------------------------------------------------------
 
-def _write_hparams(w: gguf.GGUFWriter, src: Source, arch: Architecture, ftype) -> None:
+def write_hparams(w: gguf.GGUFWriter, src: Source, arch: Architecture, ftype) -> None:
+    """The hyper-parameter, RoPE-scaling and sampling keys; public because the planner's skeleton
+    GGUFs (planning/measure.py) must carry exactly what the exporter writes."""
     cfg = src.config
     w.add_name(src.name)
     w.add_block_count(cfg["num_hidden_layers"])
@@ -310,7 +312,9 @@ def _write_sampling(w: gguf.GGUFWriter, src: Source) -> None:
             getattr(w, f"add_sampling_{name}")(v)
 
 
-def _write_tokenizer(w: gguf.GGUFWriter, src: Source, arch: Architecture) -> None:
+def write_tokenizer(w: gguf.GGUFWriter, src: Source, arch: Architecture) -> None:
+    """The BPE vocabulary padded to config vocab_size, merges, special tokens and chat template
+    (also written into the planner's skeleton GGUFs)."""
     tok = json.loads((src.root / "tokenizer.json").read_text())
     model = tok.get("model", {})
     if model.get("type") != "BPE":
@@ -345,8 +349,8 @@ def write_gguf(src: Source, arch: Architecture, path: Path, *, file_type: str = 
         ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE  # what the bulk of the weights is (as llama.cpp's converter says)
     logging.getLogger("gguf").setLevel(logging.WARNING)
     w = gguf.GGUFWriter(path, arch.gguf_arch_name)
-    _write_hparams(w, src, arch, ftype)
-    _write_tokenizer(w, src, arch)
+    write_hparams(w, src, arch, ftype)
+    write_tokenizer(w, src, arch)
     for t in tensors:
         w.add_tensor_info(t.name, t.byte_shape, np.dtype(_np_dtype(t.qtype)), t.nbytes,
                           raw_dtype=t.qtype if t.qtype in (Q.MXFP4, Q.BF16) else None)

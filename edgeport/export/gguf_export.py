@@ -10,15 +10,19 @@ import gguf
 from edgeport.core.architectures import Architecture, tensor_pattern
 from edgeport.core.errors import QuantizationError, TargetError
 from edgeport.core.progress import console, step
+from edgeport.core.quant import IMATRIX_DEFAULT, IQUANTS, SCHEMES
+from edgeport.core.source import sha256_file
+from edgeport.publishing import ollama
 
+from .formats import ExporterBase
 from .gguf_convert import write_gguf
-from .gguf_quantize import IMATRIX_DEFAULT, IQUANTS, SCHEMES, llama_cpp_versions, quantize, summarize, tensor_types
+from .gguf_quantize import llama_cpp_versions, quantize, summarize, tensor_types
 from .imatrix import FILE_NAME as IMATRIX_FILE
-from .imatrix import IMatrix, load_calibration
+from .imatrix import IMatrix, compute, load_calibration
 from .jobs import Built, Job
 
 
-class GGUFExporter:
+class GGUFExporter(ExporterBase):
     """HF -> GGUF (F16, MXFP4 experts kept) -> llama.cpp quantizer (Q4_K_M by default)."""
 
     runtime = "llama.cpp"
@@ -115,8 +119,6 @@ class GGUFExporter:
 def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
     """The importance matrix of `model` (the unquantized GGUF) on the calibration text, written
     to `dest` (it ships in the artifact), with progress."""
-    from .imatrix import compute
-
     state: dict = {"task": None, "tenth": -1}
 
     def on_chunk(done: int, total: int) -> None:
@@ -142,8 +144,6 @@ def imatrix_record(imatrix: IMatrix | None, calibration, out: Path, job: Job) ->
         why = ("--no-imatrix" if job.policy.get("imatrix") is False
                else f"{job.quantization} is quantized without one (applied from Q4_K_M down)")
         return {"used": False, "reason": why}
-    from edgeport.core.source import sha256_file
-
     unreached = imatrix.unreached()
     return {"used": True, "file": IMATRIX_FILE, "sha256": sha256_file(out / IMATRIX_FILE),
             "dataset": calibration.record(), "chunks": imatrix.chunk_count, "chunk_size": imatrix.chunk_size,
@@ -160,8 +160,6 @@ LICENSE_NAMES = ("LICENSE", "LICENSE.md", "LICENSE.txt")
 def write_side_files(job: Job, out: Path, gguf_name: str) -> list[str]:
     """What runs the GGUF besides llama.cpp: its Jinja chat template (Docker Model Runner's
     chat-template layer), the source's license, and Ollama's Modelfile / template / params."""
-    from edgeport.publishing import ollama
-
     written = []
     if tmpl := job.src.chat_template:
         (out / "chat_template.jinja").write_text(tmpl)

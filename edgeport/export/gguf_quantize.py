@@ -18,32 +18,11 @@ import gguf
 
 from edgeport.core.errors import QuantizationError
 from edgeport.core.llama_log import LlamaLog, require_llama_cpp
+from edgeport.core.quant import K_FALLBACKS, SCHEMES
 
 from .imatrix import IMatrix
 
 Q = gguf.GGMLQuantizationType
-
-# scheme -> (llama_ftype name in llama_cpp, the type the bulk of weights is meant to get)
-SCHEMES = {
-    "Q4_K_M": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", Q.Q4_K),
-    "Q5_K_M": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", Q.Q5_K),
-    "Q6_K": ("LLAMA_FTYPE_MOSTLY_Q6_K", Q.Q6_K),
-    "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", Q.Q8_0),
-    "MXFP4_MOE": ("LLAMA_FTYPE_MOSTLY_MXFP4_MOE", Q.MXFP4),
-    "Q3_K_M": ("LLAMA_FTYPE_MOSTLY_Q3_K_M", Q.Q3_K),
-    "Q2_K": ("LLAMA_FTYPE_MOSTLY_Q2_K", Q.Q2_K),
-    "IQ4_XS": ("LLAMA_FTYPE_MOSTLY_IQ4_XS", Q.IQ4_XS),
-    "IQ3_M": ("LLAMA_FTYPE_MOSTLY_IQ3_M", Q.IQ3_S),
-    "IQ2_M": ("LLAMA_FTYPE_MOSTLY_IQ2_M", Q.IQ2_S),
-}
-# an importance matrix by default from Q4_K_M down (where it measurably lowers the error, README);
-# i-quants are refused without one (llama.cpp itself requires it for IQ2_*, and their codebooks
-# are fitted with it in mind)
-IMATRIX_DEFAULT = ("Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ3_M", "IQ2_M")
-IQUANTS = ("IQ4_XS", "IQ3_M", "IQ2_M")
-# llama.cpp's fallbacks for rows that a 256-block type cannot take (llama-quant.cpp)
-K_FALLBACKS = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0,
-               Q.IQ4_XS: Q.IQ4_NL, Q.IQ3_S: Q.IQ4_NL, Q.IQ2_S: Q.IQ4_NL}
 
 _K_FOR_FALLBACK = {fb.name: k.name for k, fb in K_FALLBACKS.items() if k in (Q.Q4_K, Q.Q5_K, Q.Q6_K)}
 

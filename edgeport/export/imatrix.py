@@ -8,7 +8,7 @@ per input column, for each MUL_MAT_ID (MoE experts) per expert over only the tok
 it (`ids`). Additions run in llama-imatrix's order in float32, so the sums are bit-identical to
 `llama-imatrix -b 512` (one chunk per batch, as here; tests/test_imatrix.py). In-process, because
 it is the same llama.cpp as our quantizer, needs no tool build and no second copy of the model in
-memory (bench/bench_imatrix.py).
+memory (edgeport/benchmarking/bench_imatrix.py).
 
 The file is llama.cpp's GGUF imatrix format (`<name>.in_sum2`, `<name>.counts`,
 `imatrix.datasets`, `imatrix.chunk_count`, `imatrix.chunk_size`); the quantizer takes
@@ -28,8 +28,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from edgeport.core.atomic import raise_pending
 from edgeport.core.errors import CalibrationError, QuantizationError
-from edgeport.core.llama_log import LlamaLog, require_llama_cpp
+from edgeport.core.llama_log import LlamaLog, extra_bufts_enabled, model_params, require_llama_cpp
 
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "calibration.jsonl"
 CHUNK = 512  # llama-imatrix's default context (-c 512): one chunk of calibration text per pass
@@ -300,13 +301,10 @@ def compute(model_path: Path, calibration: Calibration, *, chunk_size: int = CHU
     """Run `model_path` (an unquantized GGUF) over the calibration text and collect the imatrix.
     At least two chunks of text are needed (llama-imatrix's rule); `on_chunk(done, total)`
     reports progress. Raises CalibrationError for too little text."""
-    from edgeport.core.atomic import raise_pending
-    from edgeport.runtimes.llamacpp import _model_params, extra_bufts_enabled
-
     lc = require_llama_cpp()
     collector = _Collector(*_ops(lc))
     t0 = time.monotonic()
-    with _model_params(lc, extra_bufts_enabled()), LlamaLog() as log:
+    with model_params(lc, extra_bufts_enabled()), LlamaLog() as log:
         model = lc.llama_model_load_from_file(str(model_path).encode(), lc.llama_model_default_params())
     if not model:
         raise QuantizationError(f"llama.cpp cannot load {model_path.name}: {log.reason()}")

@@ -10,7 +10,7 @@
 
 Engines only build on the device, so parity here is *simulated*: the artifact's own weights
 and scales computed in torch (runtimes/simulated.py), labelled as such; the kit's run.sh
-writes the device's outputs for `invoke parity --device-output`.
+writes the device's outputs for `edgeport parity --device-output`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ from edgeport.core import toolenv
 from edgeport.core.errors import QuantizationError, TargetError
 from edgeport.core.progress import step
 from edgeport.export import edgellm, jetson_kit, trtllm_checkpoint
+from edgeport.parity.gate import load_evalset
+from edgeport.runtimes.base import load_tokenizer
+from edgeport.runtimes.reference import model_info_from_hf
 
+from .formats import ExporterBase
 from .jobs import Built, Job
 
+EDGELLM = "edgellm"  # the JetPack 7.2 runtime, whose shipped llm/ graph is checked bit for bit
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
 
 
@@ -34,14 +39,12 @@ def _option(job: Job, key: str) -> str:
 
 def eval_requests(job: Job, tokens: int) -> list[dict]:
     """The parity eval set's short prompts as chat requests, for the device's runtime."""
-    from edgeport.parity.gate import load_evalset
-
     prompts, _ = load_evalset()
     return [{"id": p["id"], "messages": [{"role": "user", "content": p["text"]}], "max_new_tokens": tokens}
             for p in prompts if p["kind"] == "short"]
 
 
-class JetsonExporter:
+class JetsonExporter(ExporterBase):
     def _stack(self, job: Job) -> tuple[str, dict, str, dict]:
         jetpack, device = _option(job, "jetpack"), _option(job, "device")
         if jetpack not in job.profile.stacks:
@@ -66,6 +69,12 @@ class JetsonExporter:
 
     def unquantized(self, job: Job, work: Path) -> None:
         return None  # simulated parity compares the reference with the artifact's own weights
+
+    def artifact_check(self, job: Job, runtime: dict, inputs: dict[str, Path], root: Path) -> dict | None:
+        """Edge-LLM's parity is simulated from the checkpoint: the shipped llm/ graph must hold it."""
+        if runtime["name"] != EDGELLM:
+            return None
+        return edgellm.artifact_check(root / runtime["model_file"], inputs["quantized"], job.quantization)
 
     # --- TensorRT Edge-LLM (JetPack 7.2) ------------------------------------------------------
     def _edgellm(self, job: Job, out: Path, work: Path, device: str, dev: dict) -> Built:
@@ -96,7 +105,7 @@ class JetsonExporter:
         env = toolenv.get("tensorrt-edgellm")
         parity_model = "checkpoint" if precision != "fp16" else None
         return Built(
-            runtime={"name": "edgellm", "model_file": "llm", "engine_dir": "engine", "parity_runtime": "simulated",
+            runtime={"name": EDGELLM, "model_file": "llm", "engine_dir": "engine", "parity_runtime": "simulated",
                      "parity_model": parity_model,
                      "parity_options": {"quantize_activations": precision != "int8-w8a16"},
                      "options": {"jetpack": "7.2", "device": device, "limits": limits}, "kit": files},
@@ -116,7 +125,7 @@ class JetsonExporter:
                       "on the Jetson: ./build_engine.sh && ./run.sh",
                       "parity below is SIMULATED on CPU (the artifact's own int weights and scales in torch; "
                       "llm/ was checked to hold them bit for bit); "
-                      "run.sh's device_output.json gives the device's own: invoke parity --device-output"],
+                      "run.sh's device_output.json gives the device's own: edgeport parity --device-output"],
         )
 
     # --- TensorRT-LLM v0.12 (JetPack 6) -------------------------------------------------------
@@ -150,14 +159,10 @@ class JetsonExporter:
             messages=[f"engine limits for {device}: batch {limits['max_batch_size']}, input {limits['max_input_len']}, "
                       f"sequence {limits['max_kv_cache_capacity']}; on the Jetson: ./build_engine.sh && ./run.sh",
                       "parity below is SIMULATED on CPU (TensorRT-LLM's W8A16 formula in torch on the kit's "
-                      "weights); run.sh's device_output.json gives the device's own: invoke parity --device-output"],
+                      "weights); run.sh's device_output.json gives the device's own: edgeport parity --device-output"],
         )
 
     def _eval_inputs(self, job: Job, limits: dict) -> dict:
-        from edgeport.parity.gate import load_evalset
-        from edgeport.runtimes.base import load_tokenizer
-        from edgeport.runtimes.reference import model_info_from_hf
-
         tok = load_tokenizer(job.src.root)
         info = model_info_from_hf(job.src)
         bos = [info.bos_token_id] if info.add_bos and info.bos_token_id is not None else []

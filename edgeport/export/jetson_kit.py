@@ -1,6 +1,6 @@
 """The on-device half of a Jetson artifact: engine limits sized for the device and model, the
 engine build script, the run script and the eval requests whose outputs come back for
-`invoke parity --device-output`.
+`edgeport parity --device-output`.
 
 Engines are never built here: they are specific to the Orin, its JetPack and TensorRT.
 """
@@ -66,7 +66,7 @@ echo "engine written to $(pwd)/engine"
     _script(out / "run.sh", """#!/usr/bin/env bash
 # Run the eval requests (input.json: the parity eval set's short prompts, greedy) on the
 # Jetson; bring device_output.json back and run
-#   invoke parity --artifact <this dir> --device-output device_output.json
+#   edgeport parity --artifact <this dir> --device-output device_output.json
 # to compare it with the reference. Other requests: ./run.sh my_input.json my_output.json
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -83,7 +83,7 @@ BIN="${EDGELLM_BIN:-}"
 
 
 DEVICE_EVAL = '''"""Run edgeport's eval prompts through the TensorRT-LLM engine on the Jetson and write
-device_output.json for `invoke parity --device-output` (greedy ids; context argmax and the
+device_output.json for `edgeport parity --device-output` (greedy ids; context argmax and the
 log-probability of each next prompt token when the engine was built with
 --gather_context_logits)."""
 import json
@@ -139,7 +139,7 @@ echo "engine written to $(pwd)/engine"
 """)
     _script(out / "run.sh", """#!/usr/bin/env bash
 # Run edgeport's eval prompts on the Jetson; bring device_output.json back and run
-#   invoke parity --artifact <this dir> --device-output device_output.json
+#   edgeport parity --artifact <this dir> --device-output device_output.json
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 device_eval.py ./engine eval_inputs.json "${1:-device_output.json}"

@@ -23,13 +23,13 @@ from edgeport.core import toolenv
 from edgeport.core.architectures import config_value
 from edgeport.core.errors import QuantizationError, TargetError
 from edgeport.core.progress import step
+from edgeport.core.quant import GRAPH_FOR_EP, PRECISIONS
 from edgeport.export import onnx_graph
 
+from .formats import ExporterBase
 from .hf_mxfp4 import write_mxfp4_checkpoint
 from .jobs import Built, Job
 
-GRAPH_FOR_EP = {"cpu": "genai", "cuda": "genai", "tensorrt": "qdq"}
-PRECISIONS = {"genai": ("int8", "int4", "fp32"), "qdq": ("int8", "fp32")}
 # builder flags per precision; `-p int8` alone still makes 4-bit QMoE experts
 BUILDER_ARGS = {
     "fp32": (["-p", "fp32"], {}),
@@ -55,7 +55,7 @@ def check_precision(kind: str, precision: str) -> str:
     return p
 
 
-class OnnxExporter:
+class OnnxExporter(ExporterBase):
     runtime = "onnxruntime"
 
     # --- entry points ---------------------------------------------------------------------

@@ -1,31 +1,34 @@
 """export -> run on the target's runtime -> compare with the reference, every time.
 
-Formats plug in as exporter classes (`_exporters()`, keyed by a profile's `format`); the
-pipeline around them (source checks, staging, manifest, parity) is shared.
+Formats plug in as exporter classes registered in export/formats.py (keyed by a profile's
+`format`, imported on use); the pipeline around them (source checks, staging, manifest,
+parity) is shared and asks the registry, never a format or runtime name.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
+
+from rich.markup import escape
 
 from edgeport import targets
 from edgeport.core import manifest as mf
 from edgeport.core.architectures import config_value, for_config
-from edgeport.core.atomic import write_json
+from edgeport.core.atomic import staging, write_json
 from edgeport.core.errors import ParityFailure, SourceError, TargetError
 from edgeport.core.progress import Progress, console, step
-from edgeport.core.source import Source
+from edgeport.core.source import Source, recall, remember
+from edgeport.parity import gate
+from edgeport.parity.device import compare
+from edgeport.runtimes import load_runtime
+from edgeport.runtimes.reference import ReferenceRuntime, model_info_from_hf
+from edgeport.targets import FallbackAvailable
 
+from . import formats
 from .jobs import Job
-
-
-def _exporters() -> dict:
-    from .gguf_export import GGUFExporter
-    from .jetson_export import JetsonExporter
-    from .onnx_export import OnnxExporter
-    from .vllm_export import VLLMExporter
-
-    return {"gguf": GGUFExporter(), "hf-mxfp4": VLLMExporter(), "onnx": OnnxExporter(), "jetson": JetsonExporter()}
 
 
 def _job(model: str, target: str, *, revision=None, quantization=None, allow_pickle=False,
@@ -34,18 +37,11 @@ def _job(model: str, target: str, *, revision=None, quantization=None, allow_pic
     src = Source.open(model, revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     arch = for_config(src.config)
     policy = {**profile.policy(arch.name), **(policy or {})}
-    if profile.format not in _exporters():
-        raise TargetError(f"target {target}: no exporter for format {profile.format!r}")
-    if profile.format != "gguf" and {k for k in ("imatrix", "calibration") if policy.get(k) is not None}:
-        raise TargetError(f"--calibration / --no-imatrix are for GGUF targets (cpu, apple), not {target}")
+    formats.check_options(profile.format, target, policy)
     return Job(src, arch, profile, policy, quantization or profile.quantization, progress or Progress())
 
 
 def model_info(src: Source) -> dict:
-    from dataclasses import asdict
-
-    from edgeport.runtimes.reference import model_info_from_hf
-
     return asdict(model_info_from_hf(src))
 
 
@@ -59,9 +55,6 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
     """`fallback`: where the target cannot build this architecture but names a target whose
     artifact runs on the same device (gpt-oss on jetson -> vllm), build that one instead and
     say so in the output and manifest; without it such a request is an error."""
-    from edgeport.core.atomic import staging
-    from edgeport.targets import FallbackAvailable
-
     try:
         job = _job(model, target, **kw)
     except FallbackAvailable as e:
@@ -75,10 +68,8 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
                       fallback_of={"requested_target": target, "produced_target": e.target,
                                    "reason": e.reason}, **kw)
     out = Path(out) if out else default_out(model, target)
-    exporter = _exporters()[job.profile.format]
+    exporter = formats.exporter(job.profile.format, target)
     if not job.src.from_hub:
-        from edgeport.core.source import remember
-
         remember(mf.source_digest(job.src.checksums()), job.src.root)
     with job.progress, staging(out, force) as tmp:
         work = tmp / ".work"
@@ -111,8 +102,6 @@ def export(model: str, target: str = "cpu", out: Path | None = None, *, parity: 
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
-
     shutil.rmtree(p, ignore_errors=True)
 
 
@@ -137,10 +126,6 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     manifest names for parity on this machine, `runtime["parity_runtime"]`, with
     `parity_options` where `{root}` is the artifact directory) and run the gate. A report
     whose candidate is the simulated runtime (a device engine's quantization in torch) says so."""
-    from edgeport.parity import gate
-    from edgeport.runtimes import load_runtime
-    from edgeport.runtimes.reference import ReferenceRuntime
-
     if variant is not None and variant not in targets.variants(job.profile.format):
         raise TargetError(f"exporter reported variant {variant!r}, not in targets.variants({job.profile.format!r}) "
                           "(threshold overrides are validated against that list)")
@@ -167,22 +152,20 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
     finally:
         for r in rts.values():
             r.close()
-    if runtime["name"] == "edgellm":  # simulated from the checkpoint: the shipped llm/ must hold it
-        from .edgellm import artifact_check
-
-        report["artifact_check"] = artifact_check(root / runtime["model_file"], inputs["quantized"], job.quantization)
-        report["passed"] = report["passed"] and report["artifact_check"]["passed"]
+    exporter = formats.exporter(job.profile.format, job.profile.name)
+    if (check := exporter.artifact_check(job, runtime, inputs, root)) is not None:
+        report["artifact_check"] = check
+        report["passed"] = report["passed"] and check["passed"]
     report["variant"] = variant
     report["mode"] = "simulated" if name == "simulated" else "measured"
     if report["mode"] == "simulated":
-        report["notes"].insert(0, "SIMULATED: the candidate is the artifact's quantization computed in torch on CPU, "
-                                  "not the device engine (invoke parity --device-output compares the device's output)")
+        report["notes"].insert(0, "SIMULATED: the candidate is the artifact's quantization computed in torch on "
+                                  "CPU, not the device engine (edgeport parity --device-output compares the device's "
+                                  "output)")
     console.print(gate.table(report))
     if line := gate.drift_line(report):
         console.print(line, highlight=False)
     if ac := report.get("artifact_check"):
-        from rich.markup import escape
-
         console.print(f"artifact check ({ac['compares']}, {ac['tensors']} tensors): " + (
             "[green]pass[/green]" if ac["passed"] else "[red]FAIL[/red] " + escape("; ".join(ac["failures"][:3]))),
             highlight=False)
@@ -196,15 +179,13 @@ def parity_for_artifact(artifact: Path, source: str | Path | None = None) -> dic
 
     A pass proves the files as they are now, so it re-seals the manifest; a failure is recorded
     only while every file still matches the manifest (else it is reported and nothing written)."""
-    import tempfile
-
     m = mf.load(artifact)
     opts = m["runtime"].get("options", {})
     policy = {k: opts[k] for k in ("ep", "jetpack", "device") if k in opts}  # the artifact's own choices
     job = _job(source_location(m, source), m["target"], revision=m["source"].get("revision"),
                quantization=m["quantization"]["requested"], policy=policy or None)
     _check_source_unchanged(job.src, m)
-    exporter = _exporters()[job.profile.format]
+    exporter = formats.exporter(job.profile.format, job.profile.name)
     with tempfile.TemporaryDirectory(prefix="edgeport-parity-", dir=artifact.parent) as work, job.progress:
         rt = m["runtime"]
         scored = rt.get("parity_model", rt["model_file"])  # None: the source itself (an FP16 engine's weights)
@@ -229,14 +210,11 @@ def parity_for_artifact(artifact: Path, source: str | Path | None = None) -> dic
 def device_parity(artifact: Path, device_output: Path, source: str | Path | None = None) -> dict:
     """Compare a Jetson kit's device_output.json with the reference; stored as device_parity.json
     and in the manifest, which is not re-sealed (refused if a file no longer matches it)."""
-    from edgeport.parity.device import compare
-    from edgeport.runtimes.reference import ReferenceRuntime
-
     m = mf.verify(artifact, skip={"device_parity.json"})
     src = Source.open(source_location(m, source), m["source"].get("revision"))
     _check_source_unchanged(src, m)
     with step("device parity: the reference against the device's output"), ReferenceRuntime(src.root) as ref:
-        report = compare(artifact, device_output, ref)
+        report = compare(artifact, device_output, ref, targets.device_thresholds_for(m))
     mf.record(artifact, {"device_parity": {k: v for k, v in report.items() if k != "prompts"}},
               {"device_parity.json": lambda p: write_json(p, report)})
     return report
@@ -246,8 +224,6 @@ def source_location(m: dict, given: str | Path | None = None) -> str:
     """Where to find an artifact's source: `given` (--source), the hub id it was exported from,
     or the local directory this machine remembers for its content digest (the manifest carries
     no path); the recorded checksums still have to match."""
-    from edgeport.core.source import recall
-
     src = m["source"]
     if given:
         return str(given)

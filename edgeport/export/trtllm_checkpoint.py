@@ -11,6 +11,7 @@ Facts from TensorRT-LLM v0.12.0 (`tensorrt_llm/models/modeling_utils.py`, `llama
   quantizes them while `trtllm-build` loads the checkpoint on the Orin: TensorRT-LLM's own
   W8A16 conversion, on the device it is for. So the kit ships FP16 weights and that config;
   the simulated parity (runtimes/simulated.py) applies the same quantization formula;
+  the name tables and the reader are edgeport.core.kit_weights (the writer and that reader share them);
 - `quantization` takes only quant_algo, kv_cache_quant_algo, group_size, smoothquant_val,
   clamp_val, has_zero_point, pre_quant_scale, exclude_modules (others raise TypeError);
   `mapping` only world_size/rank/gpus_per_node/cp_size/tp_size/pp_size/moe_* keys.
@@ -24,29 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.core.errors import ArchitectureError
+from edgeport.core.kit_weights import LAYER_TENSORS, WEIGHT_ONLY
 from edgeport.core.source import Source
 
 from . import safetensors_stream
 from .safetensors_stream import StreamTensor
-
-# TensorRT-LLM name <- Hugging Face name(s), per layer ({i}); concatenated along dim 0.
-LAYER_TENSORS: dict[str, tuple[str, ...]] = {
-    "input_layernorm.weight": ("input_layernorm.weight",),
-    "attention.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    "attention.dense.weight": ("self_attn.o_proj.weight",),
-    "post_layernorm.weight": ("post_attention_layernorm.weight",),
-    "mlp.fc.weight": ("mlp.gate_proj.weight",),
-    "mlp.gate.weight": ("mlp.up_proj.weight",),
-    "mlp.proj.weight": ("mlp.down_proj.weight",),
-}
-GLOBAL_TENSORS: dict[str, str] = {
-    "transformer.vocab_embedding.weight": "model.embed_tokens.weight",
-    "transformer.ln_f.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-# what W8A16 quantizes (TensorRT-LLM's default: not lm_head, embeddings or norms)
-WEIGHT_ONLY = ("attention.qkv.weight", "attention.dense.weight", "mlp.fc.weight", "mlp.gate.weight",
-               "mlp.proj.weight")
 
 
 def config(hf: dict, quant_algo: str | None) -> dict:
@@ -117,29 +100,3 @@ def write(src: Source, out: Path, quant_algo: str | None = "W8A16") -> dict[str,
     safetensors_stream.write(out / "rank0.safetensors", tensors, metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config(src.config, quant_algo), indent=2) + "\n")
     return records
-
-
-def to_hf_state_dict(ckpt: Path):
-    """Read a checkpoint written by `write` back into HF names (torch fp32 tensors), and the
-    HF weight names W8A16 quantizes: the simulated runtime runs what the kit holds."""
-    import torch
-    from safetensors.torch import load_file
-
-    cfg = json.loads((ckpt / "config.json").read_text())
-    t = load_file(str(ckpt / "rank0.safetensors"))
-    hd, nh, nkv = cfg["head_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    state = {hf: t[trt] for trt, hf in GLOBAL_TENSORS.items()}
-    quant = []
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"transformer.layers.{i}."
-        for trt, hfs in LAYER_TENSORS.items():
-            w = t[p + trt]
-            if trt == "attention.qkv.weight":
-                parts = torch.split(w, [nh * hd, nkv * hd, nkv * hd], dim=0)
-            else:
-                parts = (w,)
-            for h, part in zip(hfs, parts, strict=True):
-                state[f"model.layers.{i}.{h}"] = part
-                if (cfg["quantization"] or {}).get("quant_algo") == "W8A16" and trt in WEIGHT_ONLY:
-                    quant.append(f"model.layers.{i}.{h}")
-    return state, quant

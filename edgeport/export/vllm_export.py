@@ -13,11 +13,12 @@ from pathlib import Path
 
 from edgeport.core.progress import step
 
+from .formats import ExporterBase
 from .hf_mxfp4 import write_mxfp4_checkpoint
 from .jobs import Built, Job
 
 
-class VLLMExporter:
+class VLLMExporter(ExporterBase):
     runtime = "vllm"
 
     def unquantized(self, job: Job, work: Path) -> None:

@@ -7,5 +7,5 @@ DEFAULT = MODELS / "tiny-gpt-oss"
 
 
 def bundled(name: str) -> Path:
-    """A bundled checkpoint's directory: tiny-gpt-oss, tiny-llama, tiny-gpt-oss-mxfp4 (`invoke models`)."""
+    """A bundled checkpoint's directory: tiny-gpt-oss, tiny-llama, tiny-gpt-oss-mxfp4 (`edgeport models`)."""
     return MODELS / name

@@ -1,6 +1,6 @@
 """Teach the bundled tiny gpt-oss to answer in harmony (run once; the weights are committed).
 
-models/build_tiny.py trains the tiny gpt-oss on Python standard library code only, so after
+edgeport/models/build_tiny.py trains the tiny gpt-oss on Python standard library code only, so after
 `<|start|>assistant` it never writes harmony channels. This continues its training, seeded, for
 a fixed number of steps, on that same code (half of every step, so its
 code modelling and thus its parity figures stay close) mixed with synthetic harmony
@@ -22,17 +22,17 @@ request for a function named after a standard library one, answered with that fu
 line. Eval prompts for tests/test_harmony_model.py come from other phrasings and the held-out
 files (build_tiny.HELDOUT, which parity/evalset.json is cut from: never trained on).
 
-    python models/build_harmony.py [--steps 200] [--lr 2e-3] [--short-steps N] [--init DIR] [--seed N]
-    python models/build_harmony.py --check-only     # the committed model's figures
+    python -m edgeport.models.build_harmony [--steps 200] [--lr 2e-3] [--short-steps N] [--init DIR] [--seed N]
+    python -m edgeport.models.build_harmony --check-only     # the committed model's figures
 
 The hard part is the effort: the analysis has to copy a word from ~100 tokens back (the system
 message is long in this 1024-token vocabulary), beyond the 64-token sliding window, which only
 the two full-attention layers can do. The committed weights were made in three runs, each
 from the previous one's output (about 50 min on 2 cores in all):
 
-    python models/build_harmony.py --steps 400 --out /tmp/h1
-    python models/build_harmony.py --init /tmp/h1 --seed 1 --steps 400 --out /tmp/h2
-    python models/build_harmony.py --init /tmp/h2 --seed 2 --steps 300 --short-steps 300 \
+    python -m edgeport.models.build_harmony --steps 400 --out /tmp/h1
+    python -m edgeport.models.build_harmony --init /tmp/h1 --seed 1 --steps 400 --out /tmp/h2
+    python -m edgeport.models.build_harmony --init /tmp/h2 --seed 2 --steps 300 --short-steps 300 \
         --code-batch 4 --chat-batch 16 --lr 3e-3
 
 The first two (20x loss weight on the effort word, 10x on each stop decision) teach the harmony
@@ -62,12 +62,12 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GptOssForCausalLM
 
+from edgeport.core.chat import Message
+from edgeport.core.harmony import render_harmony, render_harmony_own
+from edgeport.models.build_tiny import HELDOUT, SEQ, corpus_files
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-
-from edgeport.core.chat import Message  # noqa: E402
-from edgeport.core.harmony import render_harmony_own  # noqa: E402
-from edgeport.models.build_tiny import HELDOUT, SEQ, corpus_files  # noqa: E402
 
 MODEL = ROOT / "tiny-gpt-oss"
 
@@ -267,8 +267,6 @@ def evalset_ppl(model, tok: Tokenizer) -> float:
 
 
 def harmony_generate(model, tok: Tokenizer, messages: list[dict], effort: str, max_new: int = 200) -> str:
-    from edgeport.core.harmony import render_harmony
-
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
     ids = tok.encode(render_harmony(messages, effort)).ids
     out: list[int] = []
@@ -305,8 +303,6 @@ def check(model, tok: Tokenizer) -> dict[str, float]:
 def effort_accuracy(model, tok: Tokenizer) -> float:
     """How often the effort word's first token, greedy, is the system message's (over EVAL_PROMPTS
     and the three efforts): 1/3 is an effort-blind model. A cheap check of the hard part."""
-    from edgeport.core.harmony import render_harmony
-
     first = {e: tok.encode(" " + e).ids[0] for e in EFFORT_SENTENCES}
     lead = ANALYSIS + SENTENCES[0].split(" {")[0]
     hits = 0

@@ -8,7 +8,7 @@ costing almost nothing (KL ~1e-4): the parity gate must pass them (it judges top
 reference's own margin, parity/metrics.py::top1_regret) while still failing broken writers on
 the trained models.
 
-    python models/build_random.py --family llama|gpt-oss --out DIR [--vocab 32768] [--seed 0]
+    python -m edgeport.models.build_random --family llama|gpt-oss --out DIR [--vocab 32768] [--seed 0]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import json
 import shutil
 from pathlib import Path
 
+from edgeport.core.architectures import ARCHITECTURES, by_name
+
 HERE = Path(__file__).resolve().parent
-TEMPLATES = {"llama": HERE / "tiny-llama", "gpt-oss": HERE / "tiny-gpt-oss"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
 
@@ -28,7 +29,7 @@ def build(family: str, out: Path, vocab: int = 32768, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    template = TEMPLATES[family]
+    template = HERE / by_name(family).demo_model  # the family's bundled checkpoint
     cfg = json.loads((template / "config.json").read_text())
     if vocab < cfg["vocab_size"]:
         raise ValueError(f"vocab {vocab} is smaller than the tokenizer's {cfg['vocab_size']}")
@@ -45,7 +46,7 @@ def build(family: str, out: Path, vocab: int = 32768, seed: int = 0) -> Path:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=sorted(TEMPLATES), required=True)
+    ap.add_argument("--family", choices=sorted(a.name for a in ARCHITECTURES if a.demo_model), required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ Shapes are chosen so that the GGUF quantizer meets both cases: tensors whose row
 are a multiple of 256 (K-quants apply) and tensors that must fall back, as
 gpt-oss-20b's hidden size 2880 does (here 288).
 
-    python models/build_tiny.py [--minutes-gpt-oss 4] [--minutes-llama 3]
+    python -m edgeport.models.build_tiny [--minutes-gpt-oss 4] [--minutes-llama 3]
 
 Everything is seeded; the eval set (parity/evalset.json) is cut from held-out files.
 """
@@ -35,11 +35,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from edgeport.core.chat import LLAMA3_CHAT_TEMPLATE
+from edgeport.core.harmony import CHAT_TEMPLATE as HARMONY_CHAT_TEMPLATE
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-
-from edgeport.core.chat import LLAMA3_CHAT_TEMPLATE  # noqa: E402
-from edgeport.core.harmony import CHAT_TEMPLATE as HARMONY_CHAT_TEMPLATE  # noqa: E402
 
 VOCAB = 1024
 SEQ = 256

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeport.core import manifest as mf
+from edgeport.core.errors import TargetError
+
 from .gate import load_evalset
 from .metrics import check, finite_or_none, greedy_match, log_softmax, top1_regret
 
@@ -30,32 +33,20 @@ class Unjudgeable(ValueError):
     """The device output lacks what a verdict needs; the message is the one-line reason."""
 
 
-def thresholds(manifest: dict) -> dict:
-    """The profile's device thresholds for the artifact's runtime and variant: the manifest's
-    own copy could be edited, the profile is the rule."""
-    from edgeport import targets
-
-    runtime = manifest["runtime"]["name"]
-    th = targets.load(manifest["target"]).device_thresholds(
-        runtime, (manifest.get("quantization") or {}).get("variant"))
-    if not th:
-        raise Unjudgeable(f"target {manifest['target']} has no [parity.device.{runtime}] thresholds")
-    return th
-
-
-def compare(artifact: Path, device_output: Path, reference) -> dict:
-    """`reference`: a loaded reference runtime of the artifact's source. Never raises on a bad
-    device output: the report fails and `failures` says why."""
-    from edgeport.core import manifest as mf
-    from edgeport.core.errors import TargetError
-
+def compare(artifact: Path, device_output: Path, reference, thresholds: dict | None) -> dict:
+    """`reference`: a loaded reference runtime of the artifact's source; `thresholds`: the target
+    profile's `[parity.device.<runtime>]` for the artifact (targets.device_thresholds_for: the
+    profile is the rule, not the manifest's own copy), None where it has none. Never raises on a
+    bad device output: the report fails and `failures` says why."""
     m = mf.load(artifact)
     runtime = m["runtime"]["name"]
     if runtime not in READERS:
         raise TargetError(f"{artifact}: device output comparison is for jetson artifacts, not {runtime}")
     head: dict = {"schema": SCHEMA, "runtime": runtime, "device_output": str(device_output)}
     try:
-        head["thresholds"] = th = thresholds(m)
+        if not thresholds:
+            raise Unjudgeable(f"target {m['target']} has no [parity.device.{runtime}] thresholds")
+        head["thresholds"] = th = thresholds
         report = READERS[runtime](artifact, _read(Path(device_output), runtime), reference)
     except Unjudgeable as e:
         return {**head, "failures": [f"device output not judged: {e}"], "passed": False}

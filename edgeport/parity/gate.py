@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
-from edgeport.runtimes.base import Runtime
+import numpy as np
 
 from .metrics import check, compare_logits, greedy_match, summarize
 
@@ -28,12 +29,22 @@ STAGES = {
 }
 
 
+class Scored(Protocol):
+    """What the gate asks of a runtime (edgeport.runtimes' Runtime is one): parity sits below the
+    runtimes, so it names the calls it makes instead of importing them."""
+
+    name: str
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]: ...
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray: ...
+    def greedy(self, token_ids: Sequence[int], n: int) -> list[int]: ...
+
+
 def load_evalset(path: Path = EVALSET) -> tuple[list[dict], str]:
     raw = path.read_bytes()
     return json.loads(raw)["prompts"], hashlib.sha256(raw).hexdigest()
 
 
-def run(runtimes: dict[str, Runtime], thresholds: dict[str, dict], *, max_tokens: int = 512,
+def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens: int = 512,
         greedy_tokens: int = 16, sliding_window: int | None = None,
         on_prompt: Callable[[str], None] | None = None, notes: list[str] | None = None) -> dict:
     """`runtimes` maps roles (reference / unquantized / quantized) to loaded runtimes; stages

@@ -3,7 +3,7 @@ when it does not - from config.json alone, before anything is exported or downlo
 
 model.py reads the config (and tokenizer, when a directory is given), weights.py sizes each
 target's artifact tensor by tensor, kv.py sizes the runtime's KV cache and buffers, memory.py
-makes the verdict and the suggestions, devices.py reads targets/devices.toml.
+makes the verdict and the suggestions, devices.py reads devices.toml (device profiles).
 """
 
 from edgeport.core.errors import EdgeportError

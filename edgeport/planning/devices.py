@@ -1,5 +1,5 @@
-"""Device profiles (targets/devices.toml), validated on load: a misspelt key would silently
-plan with a default, so every key must be one the planner reads."""
+"""Device profiles (devices.toml beside this module), validated on load: a misspelt key would
+silently plan with a default, so every key must be one the planner reads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeport import targets
+
 from . import PlanError
 
-PATH = Path(__file__).resolve().parent.parent / "targets" / "devices.toml"
+PATH = Path(__file__).resolve().parent / "devices.toml"
 GIB = 2**30
 KINDS = ("discrete", "unified", "cpu")
 REQUIRED = {"discrete": ("gpus", "gpu_memory_gib", "system_memory_gib", "system_usable_fraction"),
@@ -78,8 +80,6 @@ def load(name: str, path: Path = PATH) -> Device:
 
 
 def _device(name: str, t: dict, where: str) -> Device:
-    from edgeport import targets
-
     at = f"{where} [devices.{name}]"
     _check_types(t, KEYS, at)
     if t.get("memory") not in KINDS:
@@ -90,7 +90,7 @@ def _device(name: str, t: dict, where: str) -> Device:
     for k in ("usable_fraction", "system_usable_fraction"):
         if k in t and not 0 < t[k] <= 1:
             raise PlanError(f"{at}: {k} must be in (0, 1], not {t[k]}")
-    if t["recommended_target"] not in set(targets.available()) - {PATH.stem}:
+    if t["recommended_target"] not in targets.available():
         raise PlanError(f"{at}: recommended_target {t['recommended_target']!r} is no target profile")
     if "reference" in t:
         _check_types(t["reference"], REFERENCE_KEYS, f"{at}.reference")

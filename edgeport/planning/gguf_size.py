@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import gguf
 
-from edgeport.export.gguf_quantize import K_FALLBACKS
+from edgeport.core.quant import K_FALLBACKS, SCHEMES
 
 from .model import ModelSpec, Tensor
 
 Q = gguf.GGMLQuantizationType
 ALIGN = 32  # GGUF_DEFAULT_ALIGNMENT: every tensor's data starts (and is padded) to it
 
-# HF kind -> GGUF names (a fused HF tensor splits in two), per architecture where they differ
+# HF kind -> GGUF names (a fused HF tensor splits in two); an architecture's
+# gguf_name_overrides replace the ones that differ for it
 GGUF_NAMES: dict[str, tuple[str, ...]] = {
     "embed": ("token_embd.weight",), "final_norm": ("output_norm.weight",), "lm_head": ("output.weight",),
     "attn_norm": ("blk.{i}.attn_norm.weight",),
@@ -38,10 +39,10 @@ GGUF_NAMES: dict[str, tuple[str, ...]] = {
     "up": ("blk.{i}.ffn_up.weight",), "up_bias": ("blk.{i}.ffn_up.bias",),
     "down": ("blk.{i}.ffn_down.weight",), "down_bias": ("blk.{i}.ffn_down.bias",),
 }
-ARCH_NAMES = {"gpt-oss": {"ffn_norm": ("blk.{i}.post_attention_norm.weight",)}}
 
-# scheme -> llama.cpp's default type for it (llama_ftype_get_default_type)
-SCHEME_DEFAULT = {"Q4_K_M": Q.Q4_K, "Q5_K_M": Q.Q5_K, "Q6_K": Q.Q6_K, "Q8_0": Q.Q8_0, "MXFP4_MOE": Q.MXFP4}
+# the schemes whose type rules are restated here -> llama.cpp's default type for each
+# (llama_ftype_get_default_type: the scheme's main type in edgeport.core.quant.SCHEMES)
+SCHEME_DEFAULT = {s: SCHEMES[s][1] for s in ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "MXFP4_MOE")}
 # tensor_type_fallback: a 256-block type on rows that are no multiple of 256 (the exporter's table)
 FALLBACK = K_FALLBACKS
 # tensor_allows_quantization: names llama.cpp never quantizes (beyond 1-D and non-".weight")
@@ -71,7 +72,7 @@ def layout(spec: ModelSpec, experts_mxfp4: bool) -> list[tuple[str, tuple[int, .
     """Unquantized GGUF as export/gguf_convert.py writes it: (name, ggml shape, type) in
     llama.cpp's order (layer, then name). 1-D tensors, norms, biases and the router are F32;
     experts MXFP4 when the source has them or the bf16_experts policy quantizes them; rest F16."""
-    names = {**GGUF_NAMES, **ARCH_NAMES.get(spec.arch.name, {})}
+    names = {**GGUF_NAMES, **spec.arch.gguf_name_overrides}
     out = []
     if spec.arch.rope_freqs and _llama3_rope(spec.config):
         out.append(("rope_freqs.weight", (spec.dims["head_dim"] // 2,), Q.F32))
@@ -151,8 +152,10 @@ def quantized_type(spec: ModelSpec, scheme: str, name: str, shape: tuple[int, ..
 
 
 def _is_70b(spec: ModelSpec) -> bool:
+    """llama.cpp's LLM_TYPE_70B: the family's 70B layer count, with grouped-query attention."""
     d = spec.dims
-    return spec.arch.name == "llama" and spec.n_layers == 80 and d["heads"] != d["kv_heads"]
+    return bool(spec.arch.gguf_70b_layers) and spec.n_layers == spec.arch.gguf_70b_layers \
+        and d["heads"] != d["kv_heads"]
 
 
 def _fallback(t: Q, ncols: int) -> Q:

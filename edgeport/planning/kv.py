@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import PlanError
 from .model import ModelSpec
 
 PAD = 256
@@ -61,15 +62,14 @@ def llamacpp_kv(spec: ModelSpec, n_ctx: int, n_seq: int, opt: LlamaCppOptions) -
     u = min(opt.n_ubatch, ctx_seq)
     swa_cells = ctx_seq if opt.swa_full else pad(min(ctx_seq, spec.sliding_window + u))
     row = 2 * spec.dims["kv_dim"] * opt.kv_bytes  # K and V per cell
-    # llama.cpp's gpt-oss: even layers slide (llama_model_base::load_swa_pattern, pattern 2)
-    per_layer = [(swa_cells if spec.arch.name == "gpt-oss" and i % 2 == 0 else ctx_seq) * row * n_seq
+    # llama.cpp's own pattern (gpt-oss: even layers slide), whatever the config's layer_types
+    per_layer = [(swa_cells if spec.arch.llama_cpp_swa(i) else ctx_seq) * row * n_seq
                  for i in range(spec.n_layers)]
     return KVCache(sum(per_layer), per_layer, ctx_seq, swa_cells if spec.sliding_window else 0, n_seq)
 
 
-# (logits-stage k, attention-stage c in floats per token as (per n_embd, per kv_dim)), fitted to
-# llama.cpp's reservations: gpt-oss 20b/120b/tiny, Llama-3-8B-shaped and tiny Llama skeletons
-COMPUTE_FIT = {"gpt-oss": (3.0, 6.6, 0.0), "llama": (2.0, 5.0, 2.0)}
+# Each architecture's `compute_fit` (edgeport/core/architectures.py): logits-stage k, attention-
+# stage c in floats per token as (per n_embd, per kv_dim), fitted to llama.cpp's reservations
 FA_PER_TOKEN_EMBD = 9.0  # flash attention: what besides the masks scales with u (tiny models only)
 
 
@@ -77,7 +77,9 @@ def llamacpp_compute(spec: ModelSpec, n_ctx: int, n_seq: int, opt: LlamaCppOptio
     kv = llamacpp_kv(spec, n_ctx, n_seq, opt)
     u = min(opt.n_ubatch, kv.cells_full)
     d = spec.dims
-    k_logits, c_embd, c_kv = COMPUTE_FIT[spec.arch.name]
+    if spec.arch.compute_fit is None:
+        raise PlanError(f"no llama.cpp compute-buffer fit for {spec.arch.name} (Architecture.compute_fit)")
+    k_logits, c_embd, c_kv = spec.arch.compute_fit
     logits = 4 * u * (d["vocab"] + k_logits * d["hidden"])
     mask_cells = kv.cells_full + (kv.cells_swa if spec.sliding_window else 0)
     if opt.flash_attn:

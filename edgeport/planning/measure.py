@@ -8,6 +8,7 @@ about gpt-oss-20b/120b at any context without 13-65 GB of weights. Needs llama-c
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from edgeport.core.llama_log import LlamaLog, require_llama_cpp
+from edgeport.export.gguf_convert import write_hparams, write_tokenizer
+from edgeport.models import bundled
+
+from . import PlanError
 from .gguf_size import ALIGN, GGUFTensor, quantized_layout
 from .model import ModelSpec
 
 MIB = 2**20
-TOKENIZER_DIRS = {"gpt-oss": "models/tiny-gpt-oss", "llama": "models/tiny-llama"}
 
 
 @dataclass
@@ -51,8 +56,6 @@ def allocate(path: Path, n_ctx: int, *, swa_full: bool = False, flash_attn: bool
              n_batch: int = 512, n_seq: int = 1, no_alloc: bool = False) -> Allocation:
     """Load `path` and create a context the way runtimes/llamacpp.py does (llama-cpp-python's
     defaults: swa_full as given, flash attention off, one sequence); return llama.cpp's figures."""
-    from edgeport.core.llama_log import LlamaLog, require_llama_cpp
-
     lc = require_llama_cpp()
     mp = lc.llama_model_default_params()
     mp.no_alloc, mp.use_extra_bufts = no_alloc, False
@@ -79,8 +82,6 @@ class _Shim:
     """The few Source attributes export/gguf_convert.py's metadata writers read."""
 
     def __init__(self, spec: ModelSpec, root: Path):
-        import json
-
         self.config, self.name, self.root = spec.config, spec.name, root
         self._json = lambda n: json.loads((root / n).read_text()) if (root / n).is_file() else {}
         t = root / "chat_template.jinja"
@@ -93,16 +94,16 @@ class _Shim:
 def skeleton_gguf(spec: ModelSpec, path: Path, scheme: str = "Q4_K_M", experts: str = "mxfp4",
                   tokenizer_dir: Path | None = None) -> list[GGUFTensor]:
     """Write the planned GGUF's header, metadata and tensor infos; the data is a sparse hole
-    (the file has its full size, no blocks on disk). For llama.cpp no_alloc loads only."""
-    from edgeport.export.gguf_convert import _write_hparams, _write_tokenizer
-
-    root = Path(__file__).resolve().parent.parent
-    tokdir = tokenizer_dir or root / TOKENIZER_DIRS[spec.arch.name]
+    (the file has its full size, no blocks on disk). For llama.cpp no_alloc loads only.
+    Without `tokenizer_dir`, the tokenizer of the family's bundled demo model."""
+    if tokenizer_dir is None and not spec.arch.demo_model:
+        raise PlanError(f"no bundled {spec.arch.name} model to take a tokenizer from; pass tokenizer_dir")
+    tokdir = tokenizer_dir or bundled(spec.arch.demo_model)
     tensors = quantized_layout(spec, scheme, experts)
     w = gguf.GGUFWriter(path, spec.arch.gguf_arch_name)
     src = _Shim(spec, tokdir)
-    _write_hparams(w, src, spec.arch, gguf.LlamaFileType.MOSTLY_Q4_K_M)
-    _write_tokenizer(w, src, spec.arch)
+    write_hparams(w, src, spec.arch, gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    write_tokenizer(w, src, spec.arch)
     for t in tensors:
         q = gguf.GGMLQuantizationType[t.type]
         block, size = gguf.GGML_QUANT_SIZES[q]

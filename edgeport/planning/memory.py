@@ -2,7 +2,7 @@
 on one device's memory pools, the verdict, and what to change when it does not fit.
 
 Pools: "gpu" (per-GPU memory x GPUs used, discrete devices), "ram" (system RAM), "unified"
-(Apple silicon, Jetson). Each pool's usable bytes come from targets/devices.toml.
+(Apple silicon, Jetson). Each pool's usable bytes come from planning/devices.toml.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from edgeport import targets
 
 from . import PlanError, devices, kv, model, weights
+from . import suggest as suggest_changes  # suggest re-plans through this module: both import each other as modules
 from .devices import Device
 from .kv import LlamaCppOptions
 from .model import ModelSpec
@@ -113,9 +114,8 @@ def plan_for(spec: ModelSpec, dev: Device, target: str | None = None, context: i
              suggest: bool = True) -> Plan:
     notes = []
     target = target or dev.recommended_target
-    if target == devices.PATH.stem or target not in targets.available():
-        raise PlanError(f"unknown target {target!r}; targets: "
-                        f"{', '.join(t for t in targets.available() if t != devices.PATH.stem)}")
+    if target not in targets.available():
+        raise PlanError(f"unknown target {target!r}; targets: {', '.join(targets.available())}")
     profile = targets.load(target)
     if spec.arch.name in profile.fallback:
         fb = profile.fallback[spec.arch.name]["target"]
@@ -132,9 +132,8 @@ def plan_for(spec: ModelSpec, dev: Device, target: str | None = None, context: i
     p.notes = notes + p.notes
     p.reference = dev.reference if dev.reference.get("model") == spec.name else {}
     if suggest and not p.fits:
-        from .suggest import suggestions
 
-        p.suggestions = suggestions(p, spec, dev)
+        p.suggestions = suggest_changes.suggestions(p, spec, dev)
     return p
 
 

@@ -15,49 +15,7 @@ from edgeport.core.architectures import Architecture, config_value, for_config
 
 from . import PlanError
 
-# Per-layer weights per architecture: (kind, HF name under model.layers.{i}., shape in dimension
-# names). Shapes are (out, in); expert tensors lead with "experts". Conditional entries name
-# the config flag that adds them.
-LAYER_TENSORS: dict[str, tuple[tuple[str, str, tuple[str, ...], str | None], ...]] = {
-    "gpt-oss": (
-        ("attn_norm", "input_layernorm.weight", ("hidden",), None),
-        ("q", "self_attn.q_proj.weight", ("q_dim", "hidden"), None),
-        ("q_bias", "self_attn.q_proj.bias", ("q_dim",), None),
-        ("k", "self_attn.k_proj.weight", ("kv_dim", "hidden"), None),
-        ("k_bias", "self_attn.k_proj.bias", ("kv_dim",), None),
-        ("v", "self_attn.v_proj.weight", ("kv_dim", "hidden"), None),
-        ("v_bias", "self_attn.v_proj.bias", ("kv_dim",), None),
-        ("o", "self_attn.o_proj.weight", ("hidden", "q_dim"), None),
-        ("o_bias", "self_attn.o_proj.bias", ("hidden",), None),
-        ("sinks", "self_attn.sinks", ("heads",), None),
-        ("ffn_norm", "post_attention_layernorm.weight", ("hidden",), None),
-        ("router", "mlp.router.weight", ("experts", "hidden"), None),
-        ("router_bias", "mlp.router.bias", ("experts",), None),
-        # gate and up interleaved along 2*inter (openai/gpt-oss-20b's layout)
-        ("gate_up_exps", "mlp.experts.gate_up_proj", ("experts", "inter2", "hidden"), None),
-        ("gate_up_exps_bias", "mlp.experts.gate_up_proj_bias", ("experts", "inter2"), None),
-        ("down_exps", "mlp.experts.down_proj", ("experts", "hidden", "inter"), None),
-        ("down_exps_bias", "mlp.experts.down_proj_bias", ("experts", "hidden"), None),
-    ),
-    "llama": (
-        ("attn_norm", "input_layernorm.weight", ("hidden",), None),
-        ("q", "self_attn.q_proj.weight", ("q_dim", "hidden"), None),
-        ("q_bias", "self_attn.q_proj.bias", ("q_dim",), "attention_bias"),
-        ("k", "self_attn.k_proj.weight", ("kv_dim", "hidden"), None),
-        ("k_bias", "self_attn.k_proj.bias", ("kv_dim",), "attention_bias"),
-        ("v", "self_attn.v_proj.weight", ("kv_dim", "hidden"), None),
-        ("v_bias", "self_attn.v_proj.bias", ("kv_dim",), "attention_bias"),
-        ("o", "self_attn.o_proj.weight", ("hidden", "q_dim"), None),
-        ("o_bias", "self_attn.o_proj.bias", ("hidden",), "attention_bias"),
-        ("ffn_norm", "post_attention_layernorm.weight", ("hidden",), None),
-        ("gate", "mlp.gate_proj.weight", ("inter", "hidden"), None),
-        ("gate_bias", "mlp.gate_proj.bias", ("inter",), "mlp_bias"),
-        ("up", "mlp.up_proj.weight", ("inter", "hidden"), None),
-        ("up_bias", "mlp.up_proj.bias", ("inter",), "mlp_bias"),
-        ("down", "mlp.down_proj.weight", ("hidden", "inter"), None),
-        ("down_bias", "mlp.down_proj.bias", ("hidden",), "mlp_bias"),
-    ),
-}
+# Per-layer weights are each architecture's `layer_tensors` (edgeport/core/architectures.py).
 GLOBAL_TENSORS = (
     ("embed", "model.embed_tokens.weight", ("vocab", "hidden")),
     ("final_norm", "model.norm.weight", ("hidden",)),
@@ -129,16 +87,16 @@ class ModelSpec:
         return DTYPE_BYTES.get(self.config.get("dtype") or self.config.get("torch_dtype") or "bfloat16", 2)
 
     def layer_is_swa(self, i: int) -> bool:
-        """llama.cpp's rule: the config's layer_types for gpt-oss (even layers slide when absent);
-        llama.cpp's llama architecture has no sliding window at all."""
-        if self.arch.name != "gpt-oss":
+        """The config's layer_types where the family slides at all in llama.cpp (its pattern when
+        the config has none); a family without a pattern (llama) has no sliding window at all."""
+        if not self.arch.swa_pattern:
             return False
         types = self.config.get("layer_types")
-        return types[i] == "sliding_attention" if types else i % 2 == 0
+        return types[i] == "sliding_attention" if types else self.arch.llama_cpp_swa(i)
 
     @property
     def sliding_window(self) -> int:
-        return int(self.config.get("sliding_window") or 0) if self.arch.name == "gpt-oss" else 0
+        return int(self.config.get("sliding_window") or 0) if self.arch.swa_pattern else 0
 
     def tensors(self) -> list[Tensor]:
         out = []
@@ -147,7 +105,7 @@ class ModelSpec:
                 continue
             out.append(Tensor(kind, name, tuple(self.dims[d] for d in dims)))
         for i in range(self.n_layers):
-            for kind, name, dims, flag in LAYER_TENSORS[self.arch.name]:
+            for kind, name, dims, flag in self.arch.layer_tensors:
                 if flag and not self.config.get(flag):
                     continue
                 out.append(Tensor(kind, f"model.layers.{i}.{name}", tuple(self.dims[d] for d in dims), i))

@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from edgeport import targets
+
 from . import PlanError, gguf_size
 from .model import EXPERT_KINDS, ModelSpec, Tensor
 
@@ -150,8 +152,8 @@ def vllm_weights(spec: ModelSpec) -> Weights:
 # --- ONNX ---------------------------------------------------------------------------------
 
 # Graph-structure bytes per decoder layer (model.onnx without weights), measured on the tiny
-# exports (4 layers): genai int8 llama 33.0 KB, gpt-oss 38.1 KB; optimum Q/DQ 212 KB.
-GENAI_GRAPH_PER_LAYER = {"llama": 8_200, "gpt-oss": 9_500}
+# exports (4 layers): genai graphs per architecture (Architecture.genai_graph_bytes_per_layer),
+# optimum Q/DQ 212 KB.
 QDQ_GRAPH_PER_LAYER = 53_000
 
 
@@ -183,7 +185,10 @@ def onnx_weights(spec: ModelSpec, precision: str, ep: str) -> Weights:
     layers, exps, inp, out = _accumulate(spec, size)
     d = spec.dims
     rope = 2 * spec.config.get("max_position_embeddings", 4096) * (d["head_dim"] // 2) * io  # cos/sin caches
-    graph = 4_000 + GENAI_GRAPH_PER_LAYER[spec.arch.name] * spec.n_layers
+    if (per_layer := spec.arch.genai_graph_bytes_per_layer) is None:
+        raise PlanError(f"no measured genai graph size for {spec.arch.name} "
+                        "(Architecture.genai_graph_bytes_per_layer)")
+    graph = 4_000 + per_layer * spec.n_layers
     data = sum(layers) + inp + out + rope
     return Weights("onnx", precision, data + graph, data, layers, exps, inp, out + rope,
                    files="model.onnx + model.onnx.data",
@@ -278,10 +283,8 @@ def _trtllm_weights(spec: ModelSpec) -> Weights:
 
 
 def estimate(spec: ModelSpec, target: str, precision: str | None = None, policy: dict | None = None) -> Weights:
-    """The artifact `invoke export --target TARGET` would write, sized from the config: the
+    """The artifact `edgeport export --target TARGET` would write, sized from the config: the
     profile's defaults, overridden by `precision` and export policy (bf16_experts, ep, jetpack)."""
-    from edgeport import targets
-
     profile = targets.load(target)
     opts = {**profile.runtime_options, **profile.architectures.get(spec.arch.name, {}), **(policy or {})}
     precision = precision or profile.quantization

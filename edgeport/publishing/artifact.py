@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeport.core import manifest as mf
+from edgeport.core.atomic import umask
 from edgeport.core.source import sha256_file as sha256_of
 
 from .errors import PublishError
@@ -115,7 +116,6 @@ def restore_modes(root: Path, m: dict) -> None:
     0o666 & ~umask, whatever the store said."""
     import os
 
-    from edgeport.core.atomic import umask
 
     exe, mask = executable(m), umask()
     for f in listed(m):

@@ -22,6 +22,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from .artifact import File
+from .gguf_info import describe
 from .modelcard import source_license
 
 FILEPATH = "org.cncf.model.filepath"  # annotation: the file's path inside the artifact
@@ -135,8 +136,6 @@ def config(m: dict, files: list[File], root: Path) -> dict:
 
 def dmr_config(m: dict, files: list[File], root: Path) -> dict:
     """types.ConfigFile: {config: Config, descriptor: Descriptor, rootfs: RootFS}."""
-    from .gguf_info import describe
-
     ggufs = [f for f in ordered(m, files) if media_type(m, f.path) == DMR_GGUF]
     info = describe(root / ggufs[0].path)  # DMR parses the first shard
     size = sum(f.size for f in ggufs)

@@ -13,7 +13,7 @@ from edgeport.core.atomic import check_writable, staging
 from edgeport.core.errors import EdgeportError
 
 from . import modelcard
-from .artifact import File, listed, restore_modes, sha256_of, verify_pulled
+from .artifact import File, listed, load_manifest, restore_modes, sha256_of, verify_pulled
 from .errors import PublishError
 from .uri import HubRef
 
@@ -96,6 +96,4 @@ def pull(api, ref: HubRef, out: Path, force: bool = False) -> tuple[Path, str]:
 
 
 def _load(root: Path) -> dict:
-    from .artifact import load_manifest
-
     return load_manifest(root)

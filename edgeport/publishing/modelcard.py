@@ -64,19 +64,19 @@ def usage(m: dict, repo_id: str) -> str:
         q = m["quantization"]["requested"]
         return (f"```bash\nllama-server -hf {repo_id}:{q}\nollama run hf.co/{repo_id}:{q}\n"
                 f"docker model pull hf.co/{repo_id}:{q}\n```\n\nOr pull the artifact and serve it: "
-                f"`invoke pull --from hf://{repo_id} --out model && ollama create NAME -f model/Modelfile`.")
+                f"`edgeport pull --from hf://{repo_id} --out model && ollama create NAME -f model/Modelfile`.")
     if fmt == "hf-mxfp4":
         opts = rt.get("options", {})
         return (f"```bash\nvllm serve {repo_id} --quantization {opts.get('quantization', 'mxfp4')} "
                 f"--max-model-len {opts.get('max_model_len', 8192)}\n```")
     if fmt == "onnx":
-        return (f"```bash\ninvoke pull --from hf://{repo_id} --out model\n"
-                f"invoke run --artifact model --prompt \"Hello\"\n```\n\nThe directory is an onnxruntime-genai model "
+        return (f"```bash\nedgeport pull --from hf://{repo_id} --out model\n"
+                f"edgeport run --artifact model --prompt \"Hello\"\n```\n\nThe directory is an onnxruntime-genai model "
                 f"(`genai_config.json`); execution provider `{rt.get('options', {}).get('ep', 'cpu')}`.")
     if fmt == "jetson":
         kit = " ".join(f"./{s}" for s in rt.get("kit", []) if s.endswith(".sh"))
-        return (f"On the Jetson:\n\n```bash\ninvoke pull --from hf://{repo_id} --out kit && cd kit\n{kit}\n```\n\n"
-                "Then compare with the reference: `invoke parity --artifact kit --device-output device_output.json`.")
+        return (f"On the Jetson:\n\n```bash\nedgeport pull --from hf://{repo_id} --out kit && cd kit\n{kit}\n```\n\n"
+                "Then compare with the reference: `edgeport parity --artifact kit --device-output device_output.json`.")
     return "See manifest.json."
 
 

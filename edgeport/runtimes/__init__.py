@@ -6,9 +6,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from edgeport.core import manifest as mf
 from edgeport.core.errors import RuntimeUnavailable
 
 from .base import ModelInfo, Runtime
+from .llamacpp import LlamaCppRuntime
+from .reference import ReferenceRuntime
 
 # manifest runtime name -> "module:class"; each module imports its library lazily
 RUNTIMES = {
@@ -33,8 +36,6 @@ def load_runtime(name: str, model_file: Path, info: ModelInfo | None, options: d
 
 def load(path: str | Path, **options) -> Runtime:
     """An artifact directory (manifest.json), a Hugging Face checkpoint dir, or a .gguf file."""
-    from edgeport.core import manifest as mf
-
     path = Path(path)
     if (path / mf.NAME).is_file():
         m = mf.load(path)
@@ -42,11 +43,9 @@ def load(path: str | Path, **options) -> Runtime:
         return load_runtime(rt["name"], path / rt["model_file"], ModelInfo(**m["model"]),
                             {**rt.get("options", {}), **options})
     if (path / "config.json").is_file():
-        from .reference import ReferenceRuntime
 
         return ReferenceRuntime(path, **options)
     if path.suffix == ".gguf" and path.is_file():
-        from .llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(path, **options)
     raise RuntimeUnavailable(f"{path}: not an edgeport artifact, a checkpoint directory or a .gguf file")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.core.chat import StopMatcher, render_template
+from edgeport.core.errors import RuntimeUnavailable
 from edgeport.core.harmony import render_harmony
 
 
@@ -162,7 +163,6 @@ def load_tokenizer(*dirs: Path):
     """The first tokenizer.json among `dirs`, as a `tokenizers.Tokenizer`."""
     from tokenizers import Tokenizer
 
-    from edgeport.core.errors import RuntimeUnavailable
 
     for d in dirs:
         if (Path(d) / "tokenizer.json").is_file():

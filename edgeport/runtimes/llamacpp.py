@@ -1,67 +1,26 @@
 """llama.cpp runtime (llama-cpp-python) for GGUF artifacts.
 
-AMX: on CPUs with Intel AMX, llama.cpp built with native flags repacks Q4_K weights into
-its AMX buffer type and segfaults on the first matmul (ggml-org/llama.cpp#20824). We
-load with extra buffer types off on such CPUs (`use_extra_bufts = False`), which keeps
-the plain CPU kernels; EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns them back on.
+Loads go through core/llama_log.py's AMX guard (`extra_bufts_enabled`, `model_params`):
+extra buffer types are off on CPUs with Intel AMX, where repacked Q4_K matmuls segfault.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
+import gguf
 import numpy as np
 
+from edgeport.core.architectures import ARCHITECTURES
 from edgeport.core.errors import RuntimeUnavailable
-from edgeport.core.llama_log import require_llama_cpp
+from edgeport.core.llama_log import LlamaLog, extra_bufts_enabled, model_params, require_llama_cpp
 
 from .base import ModelInfo, Runtime
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_tile", "amx_int8", "amx_bf16"))
-
-
-def extra_bufts_enabled() -> bool:
-    """Off on AMX CPUs unless EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of
-    "off" ("0", "false", "False", "no", "off") must stay off, or an AMX CPU crashes."""
-    env = os.environ.get("EDGEPORT_LLAMA_EXTRA_BUFTS")
-    if env is not None:
-        return env.strip().lower() not in ("0", "", "false", "no", "off")
-    return not cpu_has_amx()
-
-
-@contextlib.contextmanager
-def _model_params(lc, use_extra_bufts: bool):
-    """llama_cpp.Llama builds its model params from llama_cpp.llama_cpp's
-    llama_model_default_params(); wrap that one while the model loads."""
-    lc = lc.llama_cpp
-    orig = lc.llama_model_default_params
-
-    def patched():
-        p = orig()
-        p.use_extra_bufts = use_extra_bufts
-        return p
-
-    lc.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        lc.llama_model_default_params = orig
-
-
-def _train_context(path: Path) -> int | None:
-    import gguf
-
+def train_context(path: Path) -> int | None:
+    """The context length a GGUF was trained for (its `<arch>.context_length`), if it says."""
     r = gguf.GGUFReader(path)
     arch = r.fields["general.architecture"].contents()
     f = r.fields.get(f"{arch}.context_length")
@@ -77,7 +36,7 @@ class LlamaCppRuntime(Runtime):
         self.path = Path(gguf_path)
         if not self.path.is_file():
             raise RuntimeUnavailable(f"GGUF file not found: {self.path}")
-        self.n_ctx = min(n_ctx, _train_context(self.path) or n_ctx)
+        self.n_ctx = min(n_ctx, train_context(self.path) or n_ctx)
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self.extra_bufts = extra_bufts_enabled()
         self._gen = self._load(logits_all=False, n_ctx=n_ctx)
@@ -85,9 +44,7 @@ class LlamaCppRuntime(Runtime):
         super().__init__(info or self._info_from_gguf())
 
     def _load(self, logits_all: bool, n_ctx: int):
-        from edgeport.core.llama_log import LlamaLog
-
-        with _model_params(self.lc, self.extra_bufts), LlamaLog():
+        with model_params(self.lc, self.extra_bufts), LlamaLog():
             return self.lc.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                 logits_all=logits_all, verbose=False, n_threads=self.n_threads,
@@ -99,8 +56,6 @@ class LlamaCppRuntime(Runtime):
             )
 
     def _info_from_gguf(self) -> ModelInfo:
-        from edgeport.core.architectures import ARCHITECTURES
-
         md = self._gen.metadata
         arch = next((a for a in ARCHITECTURES if a.gguf_arch_name == md.get("general.architecture")), None)
         eos = [self._gen.token_eos()]

@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.core.errors import EdgeportError, RuntimeUnavailable
+from edgeport.core.progress import console
 
 from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
+from .reference import model_info_from_hf
 
 # our EP names -> onnxruntime provider chains (first available wins) and genai provider names
 PROVIDERS = {
@@ -75,7 +77,6 @@ def pick_providers(ep: str, available: Sequence[str]) -> list[str]:
         raise RuntimeUnavailable(f"unknown execution provider {ep!r}; known: {', '.join(PROVIDERS)}")
     chain = [p for p in PROVIDERS[ep] if p in available]
     if chain[0] != PROVIDERS[ep][0]:
-        from edgeport.core.progress import console
 
         msg = (f"onnxruntime: {PROVIDERS[ep][0]} is not available in this onnxruntime build "
                f"(has: {', '.join(available)}); running on {chain[0]}")
@@ -88,8 +89,6 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
 
     def __init__(self, model_dir: str | Path, info: ModelInfo | None = None, *, ep: str = "cpu",
                  threads: int = 0, n_ctx: int | None = None, **_ignored):
-        from .reference import model_info_from_hf
-
         ort = _require_ort()
         self.dir = Path(model_dir)
         self.model_file = self.dir / "model.onnx"

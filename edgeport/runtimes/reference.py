@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeport.core.architectures import for_config
+from edgeport.core.source import Source
+
 from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
 
 
 def model_info_from_hf(source) -> ModelInfo:
     """ModelInfo of a checkpoint (an export.source.Source, or its directory)."""
-    from edgeport.core.architectures import for_config
-    from edgeport.core.source import Source
-
     src = source if isinstance(source, Source) else Source.open(source)
     arch = for_config(src.config)
     tcfg = src.json_file("tokenizer_config.json")
@@ -68,7 +68,6 @@ class ReferenceRuntime(TorchModelRuntime):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from edgeport.core.source import Source
 
         src = Source.open(root)
         super().__init__(info or model_info_from_hf(src))

@@ -3,7 +3,7 @@
 TensorRT engines only build and run on the device, so the parity a CPU machine can give for
 them is simulated: the artifact's own integer weights and scales, the engine's activation
 quantization, computed by transformers' model code in fp32 (with fp16 rounding where the
-engine computes in fp16). Reports label it `simulated`; `invoke parity --device-output`
+engine computes in fp16). Reports label it `simulated`; `edgeport parity --device-output`
 compares what the device itself produced.
 
 Three sources, detected from the directory given:
@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeport.export.edgellm import unpack_int4_rows
+from edgeport.core.kit_weights import to_hf_state_dict, unpack_int4_rows
 
 from .base import ModelInfo, load_tokenizer
-from .reference import TorchModelRuntime
+from .reference import TorchModelRuntime, model_info_from_hf
 
 
 def trtllm_w8a16(w, torch):
@@ -82,7 +82,6 @@ class SimulatedRuntime(TorchModelRuntime):
                  quantize_activations: bool = True, **_ignored):
         import torch
 
-        from .reference import model_info_from_hf
 
         self.torch = torch
         path = Path(path)
@@ -150,8 +149,6 @@ class SimulatedRuntime(TorchModelRuntime):
         return model
 
     def _from_trtllm(self, path: Path):
-        from edgeport.export.trtllm_checkpoint import to_hf_state_dict
-
         torch = self.torch
         model = self._skeleton()
         state, quantize = to_hf_state_dict(path)

@@ -7,7 +7,7 @@ from the artifact's own tokenizer.json (no GPU needed for those).
 - `EdgeLLMRuntime`: Edge-LLM's documented `llm_inference` tool (JSON in, JSON out). The wheel's
   Python bindings exist only for x86 sm80/86/100/120 and their API is the experimental
   server's internals, so they are not used. Edge-LLM returns text, not logits: `logits` says
-  so, and parity on the device compares greedy continuations (`invoke parity --device-output`).
+  so, and parity on the device compares greedy continuations (`edgeport parity --device-output`).
 - `TensorRTLLMRuntime`: v0.12's `ModelRunner`; full context logits when the engine was built
   with `--gather_context_logits` (build_engine.sh does by default).
 """
@@ -70,7 +70,7 @@ class EdgeLLMRuntime(TokenizerFileMixin, Runtime):
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         raise RuntimeUnavailable("TensorRT Edge-LLM returns text, not logits; compare device output with "
-                                 "`invoke parity --artifact DIR --device-output device_output.json`")
+                                 "`edgeport parity --artifact DIR --device-output device_output.json`")
 
     def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         raise RuntimeUnavailable("TensorRT Edge-LLM generates whole responses; use generate() / stream()")

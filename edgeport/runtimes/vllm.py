@@ -18,6 +18,7 @@ import numpy as np
 from edgeport.core.errors import RuntimeUnavailable
 
 from .base import ModelInfo, Runtime
+from .reference import model_info_from_hf
 
 
 def _require_vllm():
@@ -52,7 +53,6 @@ class VLLMRuntime(Runtime):
     def __init__(self, model_dir: str | Path, info: ModelInfo | None = None, *, quantization: str = "mxfp4",
                  tensor_parallel_size: int = 1, max_model_len: int = 8192, logprobs: int = 20, **engine_args):
         vllm = _require_vllm()
-        from .reference import model_info_from_hf
 
         self.dir = Path(model_dir)
         super().__init__(info or model_info_from_hf(self.dir))

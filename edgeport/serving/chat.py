@@ -1,4 +1,4 @@
-"""`invoke chat`: a multi-turn conversation with an artifact in the terminal.
+"""`edgeport chat`: a multi-turn conversation with an artifact in the terminal.
 
 The artifact's own runtime runs in-process (no server); gpt-oss output goes through the same
 harmony parser as the server, so reasoning is shown apart from the answer (dimmed) and never
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from edgeport import runtimes
 from edgeport.core.errors import EdgeportError
 from edgeport.core.harmony import HarmonyStream, normalize_effort
 
@@ -31,7 +32,7 @@ def effort_or_error(value: str | None) -> str | None:
 class Reply:
     """Prints one streamed reply: gpt-oss reasoning (harmony's analysis channel) after
     `thinking: `, dimmed on a terminal, then the answer after `assistant: `; no harmony marker is
-    shown. `invoke chat` and `invoke run --chat` both print through it."""
+    shown. `edgeport chat` and `edgeport run --chat` both print through it."""
 
     def __init__(self, out, *, harmony: bool, label_plain: bool = True):
         self.out, self.parser = out, HarmonyStream() if harmony else None
@@ -77,8 +78,6 @@ class Reply:
 
 def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: int = 256,
          temperature: float = 0.0, seed: int = 0) -> None:
-    from edgeport import runtimes
-
     effort = effort_or_error(reasoning_effort)
     out = sys.stdout
     with runtimes.load(artifact) as rt:

@@ -1,7 +1,7 @@
 """Engines under the OpenAI front: each turns prompt token ids into streamed text.
 
 - `LlamaServerEngine` (GGUF): llama.cpp's own `llama-server`, built from the same vendored
-  llama.cpp as our quantizer (tools/llama_cpp.py), for its continuous batching over parallel
+  llama.cpp as our quantizer (edgeport/core/llama_tools.py), for its continuous batching over parallel
   slots. We drive its `/completion` endpoint with token ids and render special tokens
   (`--special`), so chat formatting and harmony parsing stay ours: its chat endpoint answers
   any gpt-oss output that is not well-formed harmony with HTTP 500.
@@ -30,8 +30,12 @@ from pathlib import Path
 
 import httpx
 
+from edgeport import runtimes
+from edgeport.core import manifest as mf
 from edgeport.core.errors import RuntimeUnavailable
-from edgeport.runtimes.base import ModelInfo
+from edgeport.core.llama_tools import repack_args, tool
+from edgeport.runtimes.base import GenerationResult, ModelInfo
+from edgeport.runtimes.llamacpp import train_context
 
 
 @dataclass
@@ -143,8 +147,7 @@ async def _sse(resp: httpx.Response) -> AsyncIterator[dict]:
 
 def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: int,
                          threads: int | None = None) -> list[str]:
-    """How the front runs llama-server (bench/bench_serve.py runs it alone the same way)."""
-    from edgeport.core.llama_tools import repack_args
+    """How the front runs llama-server (edgeport/benchmarking/bench_serve.py runs it alone the same way)."""
 
     # each of the `slots` parallel sequences gets n_ctx tokens of KV cache
     cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
@@ -166,8 +169,6 @@ class LlamaServerEngine(Engine):
         self.child: _ChildServer | None = None
 
     async def start(self) -> None:
-        from edgeport.core.llama_tools import tool
-
         exe = await asyncio.to_thread(tool, "llama-server")  # builds once, with progress
         port = free_port()
         cmd = llama_server_command(exe, self.gguf, port, self.n_ctx, self.slots, self.threads)
@@ -238,8 +239,6 @@ class RuntimeEngine(Engine):
         await asyncio.to_thread(self.rt.close)
 
     async def generate(self, gen: Generation) -> AsyncIterator[Piece]:
-        from edgeport.runtimes.base import GenerationResult
-
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -337,9 +336,6 @@ class VLLMEngine(Engine):
 
 def open_engine(artifact: Path, *, n_ctx: int | None, slots: int | None, threads: int | None = None) -> Engine:
     """The best engine for an artifact (see the module docstring)."""
-    from edgeport import runtimes
-    from edgeport.core import manifest as mf
-
     if not (artifact / mf.NAME).is_file():
         raise RuntimeUnavailable(f"{artifact}: not an edgeport artifact (no {mf.NAME})")
     m = mf.load(artifact)
@@ -381,6 +377,4 @@ def _hf_context(artifact: Path) -> int | None:
 
 
 def _gguf_context(path: Path) -> int | None:
-    from edgeport.runtimes.llamacpp import _train_context
-
-    return _train_context(path)
+    return train_context(path)

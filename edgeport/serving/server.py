@@ -1,4 +1,4 @@
-"""Start the front and its engine: `invoke serve` and `python -m edgeport.serving` both end here."""
+"""Start the front and its engine: `edgeport serve` and `python -m edgeport.serving` both end here."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import signal
 import sys
 from pathlib import Path
 
+from edgeport.core import manifest as mf
 from edgeport.core.errors import EdgeportError
+from edgeport.core.progress import console
 
 from .app import Settings, create_app
 from .engines import open_engine
+from .options import DESCRIPTION, OPTIONS
 
 
 class ServeError(EdgeportError):
@@ -22,8 +25,6 @@ class ServeError(EdgeportError):
 
 def model_id(artifact: Path) -> str:
     """The name clients pass as `model`: the source model's name (the artifact's manifest)."""
-    from edgeport.core import manifest as mf
-
     m = mf.load(artifact)
     return str(m["source"].get("model") or artifact.name).rstrip("/").split("/")[-1]
 
@@ -52,13 +53,11 @@ def check_options(*, port: int, parallel: int | None, queue: int, ctx: int | Non
 
 
 def check_artifact(artifact: Path) -> None:
-    from edgeport.core import manifest as mf
-
     if not artifact.is_dir():
         raise ServeError(f"--artifact {artifact}: no such directory")
     if not (artifact / mf.NAME).is_file():
         raise ServeError(f"--artifact {artifact}: not an edgeport artifact (no {mf.NAME}; "
-                         "make one with invoke export or invoke pull)")
+                         "make one with edgeport export or edgeport pull)")
 
 
 def check_port(host: str, port: int) -> None:
@@ -77,7 +76,6 @@ def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel
     """Serve until SIGINT/SIGTERM. `ready_file` (for scripts and tests) gets `host:port` once serving."""
     import uvicorn
 
-    from edgeport.core.progress import console
 
     artifact = Path(artifact)
     check_options(port=port, parallel=parallel, queue=queue, ctx=ctx, threads=threads)
@@ -123,23 +121,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
-        prog="python -m edgeport.serving",
-        description="Serve an edgeport artifact over an OpenAI-compatible API (/v1/chat/completions, "
-                    "/v1/completions, /v1/models, /health). GGUF: llama.cpp's llama-server as the engine "
-                    "(continuous batching); ONNX and others: the runtime in-process, one request at a time; "
-                    "vllm: vllm serve.")
-    ap.add_argument("--artifact", required=True, type=Path, help="an artifact directory (invoke export / pull)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    ap.add_argument("--parallel", type=int, help="requests generated at once (llama-server slots; default 4; "
-                                                 "in-process runtimes: 1)")
-    ap.add_argument("--queue", type=int, default=16, help="requests that may wait beyond --parallel; more get "
-                                                          "503 with Retry-After (default 16)")
-    ap.add_argument("--ctx", type=int, help="context per request in tokens (default 4096, at most the model's)")
-    ap.add_argument("--api-key-env", help="name of an environment variable holding the API key clients must "
-                                          "send (the key itself never goes on the command line)")
-    ap.add_argument("--threads", type=int, help="CPU threads for llama-server")
+    """`python -m edgeport.serving`'s options: the same table (options.OPTIONS) as `edgeport serve`."""
+    ap = _Parser(prog="python -m edgeport.serving", description=DESCRIPTION)
+    for o in OPTIONS:
+        ap.add_argument(o.flag, type=o.kind, default=o.default, required=o.required, help=o.help)
     ap.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     return ap
 
@@ -147,8 +132,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
-        serve(a.artifact, host=a.host, port=a.port, parallel=a.parallel, queue=a.queue, ctx=a.ctx,
-              api_key_env=a.api_key_env, threads=a.threads, ready_file=a.ready_file)
+        serve(**{o.name: getattr(a, o.name) for o in OPTIONS}, ready_file=a.ready_file)
     except EdgeportError as e:
         print(f"edgeport: error: {e}", file=sys.stderr)
         return 2

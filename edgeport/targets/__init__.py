@@ -8,10 +8,14 @@ policies and the parity thresholds, each with the reason for its value.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from edgeport.core.architectures import ARCHITECTURES
 from edgeport.core.errors import TargetError
+from edgeport.core.quant import PRECISIONS, SCHEMES, onnx_variants
+from edgeport.parity.gate import STAGES
+from edgeport.parity.metrics import validate_thresholds
 
 
 class FallbackAvailable(TargetError):
@@ -78,8 +82,16 @@ def _overridden(table: dict, keys) -> dict:
 
 
 def available() -> list[str]:
-    """Target profiles: every TOML here but devices.toml (device profiles, planning/devices.py)."""
-    return sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "devices")
+    """Target profiles: every TOML here."""
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def device_thresholds_for(manifest: dict) -> dict | None:
+    """The profile's `[parity.device.<runtime>]` thresholds for an artifact's runtime and variant
+    (what parity.device.compare judges a device's output by): the manifest's own copy could be
+    edited, the profile is the rule. None where the profile has none."""
+    return load(manifest["target"]).device_thresholds(
+        manifest["runtime"]["name"], (manifest.get("quantization") or {}).get("variant"))
 
 
 PARITY_KEYS = {"max_tokens", "greedy_tokens", "thresholds", "device"}
@@ -95,9 +107,7 @@ VARIANTS = {
 def variants(fmt: str) -> tuple[str, ...]:
     """The variants an exporter of format `fmt` may report."""
     if fmt == "onnx":  # <graph kind>-<precision>[-mxfp4-experts], as export/onnx_export.py names them
-        from edgeport.export.onnx_export import PRECISIONS
-
-        return tuple(f"{k}-{p}{e}" for k, ps in PRECISIONS.items() for p in ps for e in ("", "-mxfp4-experts"))
+        return onnx_variants()
     return VARIANTS.get(fmt, ())
 
 
@@ -106,12 +116,8 @@ def _quantizations(data: dict) -> set[str]:
     fmt = data.get("format")
     names = {data.get("quantization")}
     if fmt == "gguf":
-        from edgeport.export.gguf_quantize import SCHEMES
-
         names |= set(SCHEMES) | {data.get("unquantized", "F16")}
     elif fmt == "onnx":
-        from edgeport.export.onnx_export import PRECISIONS
-
         names |= {p for ps in PRECISIONS.values() for p in ps}
     elif fmt == "jetson":
         names |= {p for stack in data.get("stacks", {}).values() for p in stack.get("precisions", ())}
@@ -122,8 +128,6 @@ def override_names(data: dict) -> set[str]:
     """What a threshold sub-table may be named: an architecture, a variant of the profile's
     format (alone or as arch/variant), or one of its quantization schemes. Anything else (a
     typo: Q2_k, gpt-os) would silently fall back to the generic threshold."""
-    from edgeport.core.architectures import ARCHITECTURES
-
     archs = {a.name for a in ARCHITECTURES}
     kinds = set(variants(data.get("format")))
     return archs | kinds | {f"{a}/{v}" for a in archs for v in kinds} | _quantizations(data)
@@ -143,10 +147,6 @@ def load(name: str) -> TargetProfile:
 def validate(name: str, data: dict) -> None:
     """A misspelt key would silently disable what it configures (a typo in a threshold name
     turns that check off): every key must be one the code reads."""
-    from dataclasses import fields
-
-    from edgeport.parity.gate import STAGES
-
     where = f"targets/{name}.toml"
     known = {f.name for f in fields(TargetProfile)} - {"name"}
     if unknown := sorted(set(data) - known):
@@ -172,8 +172,6 @@ def validate(name: str, data: dict) -> None:
 
 
 def _validate_table(values: dict, where: str) -> None:
-    from edgeport.parity.metrics import validate_thresholds
-
     try:
         validate_thresholds(values, where)
     except ValueError as e:

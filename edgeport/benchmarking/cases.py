@@ -1,14 +1,15 @@
 """The export cases whose parity figures the tests pin: the README's paths on the trained tiny
-models, and random-init checkpoints (models/build_random.py) on every target that takes them.
-Shared by tests/test_regression_bounds.py and bench/parity_figures.py (which measures them)."""
+models, and random-init checkpoints (edgeport/models/build_random.py) on every target that takes them.
+Shared by tests/test_regression_bounds.py and parity_figures.py here (which measures them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from edgeport.core.source import Source
+from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
 from edgeport.models import MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from edgeport.models.build_random import build
 
 # name -> export arguments; `model` is a key of MODELS
 CASES: dict[str, dict] = {
@@ -62,12 +63,9 @@ def case_model(key: str, workdir: Path) -> Path:
         return out
     tmp = workdir / f".{key}.partial"
     if key == "tiny-gpt-oss-mxfp4":
-        from edgeport.core.source import Source
-        from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
 
         write_mxfp4_checkpoint(Source.open(MODELS / "tiny-gpt-oss"), tmp)
     elif key.startswith("random-"):
-        from edgeport.models.build_random import build
 
         build(key.removeprefix("random-"), tmp)
     else:

@@ -1,0 +1,5 @@
+"""`python -m edgeport`: the same as the `edgeport` command."""
+
+from edgeport.cli import main
+
+main()
