@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 
 from edgeport import runtimes
 from edgeport.core import manifest as mf
@@ -142,7 +143,7 @@ async def _sse(resp: httpx.Response) -> AsyncIterator[dict]:
             data = line[5:].strip()
             if data == "[DONE]":
                 return
-            yield json.loads(data)
+            yield orjson.loads(data)  # one event per token: the hot path
 
 
 def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: int,
@@ -361,7 +362,6 @@ def open_engine(artifact: Path, *, n_ctx: int | None, slots: int | None, threads
 
 def _hf_context(artifact: Path) -> int | None:
     """The model's context from the files an in-process artifact carries."""
-    import json
 
     sources = (("genai_config.json", ("model", "context_length")), ("config.json", ("max_position_embeddings",)))
     for name, keys in sources:

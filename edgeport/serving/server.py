@@ -19,6 +19,16 @@ from .engines import open_engine
 from .options import DESCRIPTION, OPTIONS
 
 
+def _event_loop_runner():
+    """uvloop's event loop where it is installed (a base dependency off Windows): the front's
+    per-token work is mostly socket I/O, which it does in C (edgeport/benchmarking/front_cost.py)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 class ServeError(EdgeportError):
     """A bad serve option (port in use, missing API-key variable, …)."""
 
@@ -110,7 +120,7 @@ def serve(artifact: Path, *, host: str = "127.0.0.1", port: int = 8000, parallel
         finally:
             await engine.close()
 
-    asyncio.run(main())
+    _event_loop_runner()(main())
 
 
 class _Parser(argparse.ArgumentParser):
