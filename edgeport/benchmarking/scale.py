@@ -1,0 +1,276 @@
+"""The user's whole path at gpt-oss-20b's size, measured, beside llama.cpp's own pipeline.
+
+On a seeded synthetic checkpoint with openai/gpt-oss-20b's exact dimensions (benchmarking/
+synthetic.py; `--layers 24` is the real model's depth, fewer layers scale it down) or on any
+checkpoint (`--model DIR`), one run measures:
+
+- `edgeport export --target cpu` as a user runs it (importance matrix and parity on): wall time,
+  peak anonymous memory and peak total RSS of the whole process tree, peak disk beyond the source;
+- a re-export to another quantization (what the importance-matrix cache saves);
+- llama.cpp's own pipeline on the same checkpoint and calibration text: `convert_hf_to_gguf.py` →
+  `llama-imatrix` → `llama-quantize --imatrix`, measured the same way;
+- `edgeport plan` for this machine's memory beside the measured GGUF bytes and llama-server's RSS;
+- `edgeport serve` under 1/4/8 streaming clients beside llama-server alone (benchmarking/bench_serve.py);
+- `edgeport push` / `pull` through a file:// layout.
+
+Writes one JSON (and a figure with --figure). Every figure is measured here; nothing is assumed.
+
+    python -m edgeport.benchmarking.scale [--layers 24] [--model DIR] [--workdir /tmp/edgeport-scale]
+        [--clients 1,4,8] [--max-tokens 32] [--skip serve,llama.cpp,...] [--json scale.json] [--figure scale.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeport.benchmarking.llama_cpp_converter import converter_command, converter_script
+from edgeport.benchmarking.synthetic import build_in_subprocess
+from edgeport.core.llama_tools import repack_args, tool
+from edgeport.export.imatrix import CHUNK, DEFAULT_CALIBRATION
+
+STEPS = ("export", "reexport", "llama.cpp", "plan", "serve", "publish")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _du(paths: list[Path]) -> int:
+    total = 0
+    for root in paths:
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512  # allocated, not apparent
+                except OSError:
+                    pass
+    return total
+
+
+@dataclass
+class Measured:
+    seconds: float = 0.0
+    peak_anon_bytes: int = 0  # sum over the process tree of RssAnon, at its highest sample
+    peak_rss_bytes: int = 0  # the same for VmRSS (memory-mapped weights included)
+    peak_disk_bytes: int = 0  # allocated bytes under the watched directories, at their highest
+    returncode: int = 0
+    log_tail: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, cwd: Path | None = None,
+                 log: Path) -> Measured:
+    """Run `cmd`, sampling its process tree's memory and `watch`'s disk use every 0.2 s."""
+    m = Measured()
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                stdin=subprocess.DEVNULL)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                pids = _tree(proc.pid)
+                m.peak_anon_bytes = max(m.peak_anon_bytes, 1024 * sum(_status_kib(p, "RssAnon") for p in pids))
+                m.peak_rss_bytes = max(m.peak_rss_bytes, 1024 * sum(_status_kib(p, "VmRSS") for p in pids))
+                m.peak_disk_bytes = max(m.peak_disk_bytes, _du(watch))
+                stop.wait(0.2)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        m.returncode = proc.wait()
+        stop.set()
+        th.join()
+    m.seconds = time.monotonic() - t0
+    m.log_tail = log.read_text(errors="replace")[-1500:]
+    return m
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def calibration_text(dest: Path) -> Path:
+    """The bundled calibration set as the plain text llama-imatrix reads."""
+    lines = [json.loads(x)["text"] for x in DEFAULT_CALIBRATION.read_text().splitlines() if x.strip()]
+    dest.write_text("\n\n".join(lines))
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=24, help="synthetic gpt-oss-20b layers (24 = full size)")
+    ap.add_argument("--model", type=Path, help="measure this checkpoint instead of a synthetic one")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgeport-scale"))
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client when serving")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--device", default="laptop-16gb-cpu", help="the device profile `plan` is asked about")
+    ap.add_argument("--skip", default="", help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
+    ap.add_argument("--json", type=Path, default=Path("scale.json"))
+    ap.add_argument("--figure", type=Path)
+    a = ap.parse_args()
+    skip = {s for s in a.skip.split(",") if s}
+    if bad := skip - set(STEPS):
+        raise SystemExit(f"--skip: unknown steps {', '.join(sorted(bad))}; steps: {', '.join(STEPS)}")
+    work = a.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    model = a.model or build_in_subprocess(work / f"gpt-oss-20b-synthetic-{a.layers}L", a.layers, "mxfp4")
+    source_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    res: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+                 "model": model.name, "layers": None if a.model else a.layers, "source_bytes": source_bytes,
+                 "steps": {}}
+    edgeport = [sys.executable, "-m", "edgeport"]
+    tmp = work / "tmp"  # the exports' temp dir, watched for disk
+    env = {**os.environ, "TMPDIR": str(tmp)}
+
+    def export(name: str, out: Path, *extra: str) -> Measured:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        m = run_measured([*edgeport, "export", "--target", "cpu", "--model", str(model), "--out", str(out), *extra],
+                         watch=[tmp, out], env=env, log=work / f"{name}.log")
+        if m.returncode:
+            raise SystemExit(f"{name} failed (exit {m.returncode}):\n{m.log_tail}")
+        manifest = json.loads((out / "manifest.json").read_text())
+        m.extra = {"artifact_bytes": sum(f["bytes"] for f in manifest["files"]),
+                   "imatrix": {k: manifest["quantization"]["imatrix"].get(k) for k in ("used", "seconds", "chunks",
+                                                                                         "cached")},
+                   "parity_passed": manifest["parity"]["passed"]}
+        print(f"{name}: {m.seconds:.0f} s, peak anon {_gib(m.peak_anon_bytes)}, peak RSS {_gib(m.peak_rss_bytes)}, "
+              f"peak disk beyond the source {_gib(m.peak_disk_bytes)}", flush=True)
+        return m
+
+    art = work / "artifact"
+    if "export" not in skip:
+        res["steps"]["export"] = vars(export("export", art))
+    if "reexport" not in skip:
+        # another scheme that takes the importance matrix (Q5_K_M and up are quantized without one)
+        res["steps"]["reexport"] = vars(export("reexport", work / "artifact-q3", "--quantization", "Q3_K_M"))
+        shutil.rmtree(work / "artifact-q3", ignore_errors=True)
+
+    if "llama.cpp" not in skip:
+        theirs: dict = {}
+        f16, imat, q = work / "llama.cpp-f16.gguf", work / "llama.cpp-imatrix.gguf", work / "llama.cpp-Q4_K_M.gguf"
+        text = calibration_text(work / "calibration.txt")
+        arch = json.loads((model / "config.json").read_text())["architectures"][0]
+        chunks = (res["steps"].get("export", {}).get("extra", {}).get("imatrix") or {}).get("chunks")
+        for name, cmd in (
+                ("convert", converter_command(converter_script(), model, f16, arch, outtype="auto")),
+                # the same budget as ours: our export's chunk count (all of the text otherwise), no perplexity
+                ("imatrix", [str(tool("llama-imatrix")), "-m", str(f16), "-f", str(text), "-o", str(imat),
+                             "-c", str(CHUNK), "--no-ppl", *(["--chunks", str(chunks)] if chunks else []),
+                             *repack_args("llama-imatrix")]),
+                ("quantize", [str(tool("llama-quantize")), "--imatrix", str(imat), str(f16), str(q), "Q4_K_M"])):
+            m = run_measured(cmd, watch=[work / "llama.cpp-f16.gguf", imat, q], log=work / f"llama.cpp-{name}.log")
+            if m.returncode:
+                raise SystemExit(f"llama.cpp {name} failed (exit {m.returncode}):\n{m.log_tail}")
+            theirs[name] = vars(m)
+            print(f"llama.cpp {name}: {m.seconds:.0f} s, peak anon {_gib(m.peak_anon_bytes)}", flush=True)
+        res["steps"]["llama.cpp"] = theirs
+        for f in (f16, imat, q):
+            f.unlink(missing_ok=True)
+
+    if "plan" not in skip and art.exists():
+        r = subprocess.run([*edgeport, "plan", "--device", a.device, "--model", str(model), "--target", "cpu",
+                            "--json"], capture_output=True, text=True)
+        res["steps"]["plan"] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
+
+    if "serve" not in skip and art.exists():
+        r = subprocess.run([sys.executable, "-m", "edgeport.benchmarking.bench_serve", "--artifact", str(art),
+                            "--clients", a.clients, "--requests", str(a.requests), "--max-tokens",
+                            str(a.max_tokens), "--endpoint", "completions", "--only", "front", "llama-server",
+                            "--out", str(work / "serve.json")], capture_output=True, text=True)
+        res["steps"]["serve"] = (json.loads((work / "serve.json").read_text()) if r.returncode == 0
+                                 else {"error": r.stderr[-1500:]})
+
+    if "publish" not in skip and art.exists():
+        layout = work / "layout"
+        shutil.rmtree(layout, ignore_errors=True)
+        push = run_measured([*edgeport, "push", "--artifact", str(art), "--to", f"file://{layout}:v1"],
+                            watch=[layout], log=work / "push.log")
+        pulled = work / "pulled"
+        shutil.rmtree(pulled, ignore_errors=True)
+        pull = run_measured([*edgeport, "pull", "--from", f"file://{layout}:v1", "--out", str(pulled)],
+                            watch=[pulled], log=work / "pull.log")
+        res["steps"]["publish"] = {"push": vars(push), "pull": vars(pull)}
+        shutil.rmtree(layout, ignore_errors=True)
+        shutil.rmtree(pulled, ignore_errors=True)
+
+    a.json.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {a.json}")
+    if a.figure:
+        figure(res, a.figure)
+
+
+def figure(res: dict, path: Path) -> None:
+    """Wall time and peak memory, edgeport's export beside llama.cpp's three steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = res["steps"]
+    rows = []
+    if "export" in steps:
+        rows.append(("edgeport export", steps["export"]["seconds"], steps["export"]["peak_anon_bytes"],
+                     steps["export"]["peak_rss_bytes"]))
+    if "reexport" in steps:
+        rows.append(("edgeport re-export", steps["reexport"]["seconds"], steps["reexport"]["peak_anon_bytes"],
+                     steps["reexport"]["peak_rss_bytes"]))
+    if "llama.cpp" in steps:
+        t = steps["llama.cpp"]
+        rows.append(("llama.cpp convert+imatrix+quantize", sum(s["seconds"] for s in t.values()),
+                     max(s["peak_anon_bytes"] for s in t.values()), max(s["peak_rss_bytes"] for s in t.values())))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+    names = [r[0] for r in rows]
+    ax1.barh(names, [r[1] / 60 for r in rows])
+    ax1.set_xlabel("minutes")
+    ax2.barh(names, [r[3] / 2**30 for r in rows], label="RSS (mapped weights included)")
+    ax2.barh(names, [r[2] / 2**30 for r in rows], label="anonymous")
+    ax2.set_xlabel("peak GiB")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"{res['model']} on {res['machine']['cpu']}, {res['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
