@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import shutil
 import warnings
 from pathlib import Path
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from edgeport.models import MODELS
+
+# every test run computes its importance matrices afresh (the user's cache is not the tests')
+os.environ.setdefault("EDGEPORT_IMATRIX_CACHE", tempfile.mkdtemp(prefix="edgeport-test-imatrix-"))
 
 ROOT = Path(__file__).resolve().parent.parent
 

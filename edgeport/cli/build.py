@@ -58,6 +58,9 @@ def _require_for_export(target: str) -> None:
                     "IQ3_M, IQ2_M, MXFP4_MOE; onnx int8, int4, fp32",
     "calibration": "gguf: text for the importance matrix (UTF-8 text, or .jsonl lines with a \"text\" field; default: "
                    "the shipped export/data/calibration.jsonl); recorded in the manifest",
+    "imatrix": "gguf: use this importance matrix instead of computing one: llama.cpp's imatrix.gguf or legacy .dat "
+               "(llama-imatrix's output, e.g. one published for the same model); checked against the model's "
+               "tensors, shipped as imatrix.gguf, recorded by name and sha256",
     "no_imatrix": "gguf: quantize without an importance matrix (used by default from Q4_K_M down; the i-quants "
                   "IQ4_XS, IQ3_M, IQ2_M refuse to run without one)",
     "precision": "same as --quantization (the word ONNX and Jetson users say); jetson: int8 (W8A8 SmoothQuant), "
@@ -78,7 +81,7 @@ def _require_for_export(target: str) -> None:
 def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quantization=None,
            no_parity=False, force=False, keep_failed=False, allow_pickle=False, trust_remote_code=False,
            bf16_experts=None, precision=None, ep=None, fallback=False, jetpack=None, device=None,
-           calibration=None, no_imatrix=False):
+           calibration=None, no_imatrix=False, imatrix=None):
     """Export a Hugging Face checkpoint for a target, then prove it with the parity gate.
 
     Builds in a temporary directory next to --out and moves it into place only when
@@ -97,7 +100,7 @@ def export(c, target="cpu", model=DEFAULT_MODEL, out=None, revision=None, quanti
     if precision and quantization and precision != quantization:
         raise Exit("edgeport: error: --precision and --quantization disagree; give one", code=2)
     policy = {k: v for k, v in (("bf16_experts", bf16_experts), ("ep", ep), ("jetpack", jetpack),
-                                ("device", device), ("calibration", calibration)) if v}
+                                ("device", device), ("calibration", calibration), ("imatrix_file", imatrix)) if v}
     if no_imatrix:
         policy["imatrix"] = False
     path, m = run_export(model, target, Path(out) if out else None, parity=not no_parity, force=force,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import gguf
 
+from edgeport.core import manifest as mf
 from edgeport.core.architectures import Architecture, tensor_pattern
 from edgeport.core.errors import QuantizationError, TargetError
 from edgeport.core.progress import console, step
@@ -17,8 +19,19 @@ from edgeport.publishing import ollama
 from .formats import ExporterBase
 from .gguf_convert import write_gguf
 from .gguf_quantize import llama_cpp_versions, quantize, summarize, tensor_types
+from .imatrix import (
+    CHUNK,
+    IMatrix,
+    cache_dir,
+    cache_key,
+    cache_lookup,
+    cache_store,
+    compute,
+    load_calibration,
+    read_given,
+    tensor_layout_digest,
+)
 from .imatrix import FILE_NAME as IMATRIX_FILE
-from .imatrix import IMatrix, compute, load_calibration
 from .jobs import Built, Job
 
 
@@ -46,10 +59,21 @@ class GGUFExporter(ExporterBase):
         return path
 
     def imatrix_wanted(self, job: Job) -> bool:
-        """Policy `imatrix` (False: --no-imatrix) and `calibration` (a user's file) against the
-        scheme: on by default from Q4_K_M down, required by the i-quants, refused where the
-        scheme takes none. Checked before any work, so a contradiction costs nothing."""
+        """Policy `imatrix` (False: --no-imatrix), `calibration` (a user's file) and `imatrix_file`
+        (--imatrix: a matrix already made) against the scheme: on by default from Q4_K_M down,
+        required by the i-quants, refused where the scheme takes none. Checked before any work,
+        so a contradiction costs nothing."""
         scheme, on, calibration = job.quantization, job.policy.get("imatrix"), job.policy.get("calibration")
+        given = job.policy.get("imatrix_file")
+        if given and on is False:
+            raise QuantizationError("--imatrix gives an importance matrix, which --no-imatrix turns off; "
+                                    "give one or the other")
+        if given and calibration:
+            raise QuantizationError("--calibration computes the importance matrix that --imatrix gives "
+                                    "ready-made; give one or the other")
+        if given and scheme not in IMATRIX_DEFAULT:
+            raise QuantizationError(f"{scheme} is quantized without an importance matrix; --imatrix applies "
+                                    f"to {', '.join(IMATRIX_DEFAULT)}")
         if on is False:
             if scheme in IQUANTS:
                 raise QuantizationError(f"{scheme} is an i-quant and needs an importance matrix, which --no-imatrix "
@@ -69,12 +93,17 @@ class GGUFExporter(ExporterBase):
         scheme = job.quantization
         if scheme not in SCHEMES:
             raise QuantizationError(f"unknown GGUF quantization {scheme!r}; known: {', '.join(SCHEMES)}")
-        calibration = load_calibration(job.policy.get("calibration")) if self.imatrix_wanted(job) else None
+        wanted, given = self.imatrix_wanted(job), job.policy.get("imatrix_file")
+        # a user's matrix is read (format errors) before any work, fitted to the model after conversion
+        user = read_given(given)[0] if wanted and given else None
+        calibration = load_calibration(job.policy.get("calibration")) if wanted and not given else None
         with step(f"converting {job.src.name} to GGUF {job.profile.unquantized}"):
             f16 = self.unquantized(job, work)
-        imatrix = None
-        if calibration is not None:
-            imatrix = compute_imatrix(job, f16, calibration, out / IMATRIX_FILE)
+        imatrix, origin = None, None
+        if user is not None:
+            imatrix, origin = use_given(user, Path(given), f16, out / IMATRIX_FILE)
+        elif calibration is not None:
+            imatrix, origin = cached_imatrix(job, f16, calibration, out / IMATRIX_FILE)
         keep, quant_input, pattern = {}, f16, self.expert_pattern(job.arch)
         variant = self.variant(job)
         if variant == "mxfp4-source" and job.policy.get("keep_mxfp4_experts", True):
@@ -109,11 +138,68 @@ class GGUFExporter(ExporterBase):
             runtime={"name": self.runtime, "model_file": final.name, "options": job.profile.runtime_options},
             quantization={"requested": scheme, "variant": variant,
                           "kept": {p: t.name for p, t in keep.items()}, "applied": summary,
-                          "imatrix": imatrix_record(imatrix, calibration, out, job),
+                          "imatrix": imatrix_record(imatrix, calibration, out, job, origin),
                           "per_tensor": {t.name: t.type for t in types}},
             parity_inputs={"unquantized": f16, "quantized": final},
             variant=variant, tools=llama_cpp_versions(), messages=msgs,
         )
+
+
+def imatrix_key_parts(job: Job, model: Path, calibration, max_chunks: int | None = None) -> dict:
+    """What determines the importance matrix's bytes: the source's content (the digest the
+    manifest records), the unquantized GGUF it runs (its type and tensor layout: which weights
+    are measured, at what sizes; not its temp path), the calibration text, the chunk size and
+    budget, and the llama.cpp build that runs it (version, ggml, the CPU features its kernels
+    use). The experts' MXFP4 policy (bf16_experts) is not in it: the matrix is measured on the
+    same unquantized GGUF either way."""
+    tools = llama_cpp_versions()
+    return {"source": mf.source_digest(job.src.checksums()), "unquantized": job.profile.unquantized,
+            "tensors": tensor_layout_digest(model), "calibration": calibration.sha256, "chunk_size": CHUNK,
+            "max_chunks": max_chunks,
+            "llama.cpp": {k: tools.get(k) for k in ("llama-cpp-python", "ggml", "llama.cpp_system_info")}}
+
+
+def cached_imatrix(job: Job, model: Path, calibration, dest: Path) -> tuple[IMatrix, dict]:
+    """The importance matrix of `model` on the calibration text, from the cache when this
+    (source, calibration, chunks, llama.cpp) was measured before, else computed and cached;
+    written to `dest` (it ships in the artifact). Returns it and how it was obtained."""
+    parts = imatrix_key_parts(job, model, calibration)
+    key = cache_key(parts)
+    hit = cache_lookup(key)
+    if hit is not None:
+        path, meta = hit
+        shutil.copyfile(path, dest)
+        imatrix = IMatrix.read(dest)
+        imatrix.tokens = imatrix.chunk_count * imatrix.chunk_size
+        imatrix.seconds = meta.get("seconds")
+        console.print(f"importance matrix: reused from the cache ({imatrix.chunk_count} chunks of "
+                      f"{calibration.name}, computed in {meta.get('seconds')} s; {path})", highlight=False)
+        return imatrix, {"origin": "cache", "cached": True, "cache_key": key}
+    imatrix = compute_imatrix(job, model, calibration, dest)
+    stored = cache_store(key, dest, {"key": parts, "seconds": imatrix.seconds, "chunks": imatrix.chunk_count,
+                                     "model": job.src.name, "dataset": calibration.name})
+    if stored is None:
+        console.print(f"[yellow]note:[/yellow] cannot write the importance-matrix cache {cache_dir()}; "
+                      "the next export computes it again", highlight=False)
+    return imatrix, {"origin": "computed", "cached": False, "cache_key": key}
+
+
+def use_given(user: IMatrix, given: Path, model: Path, dest: Path) -> tuple[IMatrix, dict]:
+    """`--imatrix FILE`: fitted to `model` (a misfit is a one-line error before anything is
+    quantized) and shipped as imatrix.gguf: a GGUF file byte for byte, a legacy .dat converted
+    as llama-imatrix converts it. The quantizer gets the file as `llama-quantize --imatrix FILE`
+    reads it. Recorded by file name and sha256, never its path."""
+    user.check_fits(model, given.name)
+    if user.legacy:
+        user.as_gguf().write(dest)
+    else:
+        shutil.copyfile(given, dest)
+    console.print(f"importance matrix: {given.name} (given; {len(user.sums)} entries, {user.chunk_count} chunks)",
+                  highlight=False)
+    return user, {"origin": "given", "cached": False,
+                  "given": {"name": given.name, "sha256": sha256_file(given), "format": "dat" if user.legacy
+                            else "gguf", "converted": "legacy .dat to GGUF as llama-imatrix --in-file does "
+                            "(sums and counts × 512)" if user.legacy else None}}
 
 
 def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
@@ -137,21 +223,31 @@ def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
     return imatrix
 
 
-def imatrix_record(imatrix: IMatrix | None, calibration, out: Path, job: Job) -> dict:
-    """The manifest's account of the importance matrix: the file, the dataset (name, sha256,
+def imatrix_record(imatrix: IMatrix | None, calibration, out: Path, job: Job, origin: dict | None = None) -> dict:
+    """The manifest's account of the importance matrix: the file and its sha256, where it came
+    from (computed now, reused from the cache, or given by the user), the dataset (name, sha256,
     whether it is the shipped default), chunks and tokens; or why there is none."""
     if imatrix is None:
         why = ("--no-imatrix" if job.policy.get("imatrix") is False
                else f"{job.quantization} is quantized without one (applied from Q4_K_M down)")
         return {"used": False, "reason": why}
-    unreached = imatrix.unreached()
-    return {"used": True, "file": IMATRIX_FILE, "sha256": sha256_file(out / IMATRIX_FILE),
+    origin = origin or {"origin": "computed", "cached": False}
+    note = ("token_embd (a row lookup) and output (left out by llama-imatrix's default) are "
+            "quantized without it, as in llama.cpp's own imatrix pipeline")
+    if origin["origin"] == "given":
+        dataset = imatrix.datasets[0] if imatrix.datasets else None
+        return {"used": True, "file": IMATRIX_FILE, "sha256": sha256_file(out / IMATRIX_FILE), **origin,
+                "provided_by": "the user (--imatrix)",
+                # llama-imatrix records the calibration file as given on its command line: its name only
+                "dataset": {"name": Path(dataset.replace("\\", "/")).name if dataset else None},
+                "chunks": imatrix.chunk_count, "chunk_size": imatrix.as_gguf().chunk_size,
+                "entries": len(imatrix.sums), "experts_unreached": imatrix.as_gguf().unreached(), "note": note}
+    return {"used": True, "file": IMATRIX_FILE, "sha256": sha256_file(out / IMATRIX_FILE), **origin,
             "dataset": calibration.record(), "chunks": imatrix.chunk_count, "chunk_size": imatrix.chunk_size,
             "tokens": imatrix.tokens, "entries": len(imatrix.sums), "seconds": imatrix.seconds,
-            "experts_unreached": unreached,
+            "experts_unreached": imatrix.unreached(),
             "computed_by": "llama.cpp in-process (the binding's eval callback), as llama-imatrix collects it",
-            "note": "token_embd (a row lookup) and output (left out by llama-imatrix's default) are "
-                    "quantized without it, as in llama.cpp's own imatrix pipeline"}
+            "note": note}
 
 
 LICENSE_NAMES = ("LICENSE", "LICENSE.md", "LICENSE.txt")

@@ -13,6 +13,13 @@ memory (edgeport/benchmarking/bench_imatrix.py).
 The file is llama.cpp's GGUF imatrix format (`<name>.in_sum2`, `<name>.counts`,
 `imatrix.datasets`, `imatrix.chunk_count`, `imatrix.chunk_size`); the quantizer takes
 sum ÷ count per expert (1.0 where no token reached one), as `llama-quantize --imatrix` does.
+`read_given` also takes llama.cpp's legacy `.dat` (`llama-imatrix --output-format dat`, and every
+llama.cpp before the GGUF format), read as `common_imatrix_load` reads it.
+
+A computed matrix is cached (`cache_dir()`, one `<key>.gguf` + `<key>.json` per key): the key is a
+digest of everything that determines its bytes (the exporter names them: source digest,
+unquantized type, tensor layout, calibration sha256, chunk size and budget, llama.cpp build,
+COLLECTOR), so a re-export of the same model reuses it and any change computes a new one.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import ctypes
 import hashlib
 import json
 import os
+import shutil
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +37,18 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edgeport.core.atomic import raise_pending
+from edgeport.core.atomic import atomic_file, raise_pending, write_json
 from edgeport.core.errors import CalibrationError, QuantizationError
 from edgeport.core.llama_log import LlamaLog, extra_bufts_enabled, model_params, require_llama_cpp
+from edgeport.core.llama_tools import cache_root
+from edgeport.core.source import sha256_file
 
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "calibration.jsonl"
 CHUNK = 512  # llama-imatrix's default context (-c 512): one chunk of calibration text per pass
 MIN_ROWS = 16  # llama-imatrix ignores dense matmuls of fewer rows (single-token decode steps)
 FILE_NAME = "imatrix.gguf"
+CACHE_ENV = "EDGEPORT_IMATRIX_CACHE"  # where computed matrices are kept (default: cache_dir())
+COLLECTOR = 1  # what compute() collects and how: part of every cache key; bump it when that changes
 
 
 @dataclass(frozen=True)
@@ -110,12 +123,19 @@ class IMatrix:
     chunk_size: int = CHUNK
     tokens: int = 0  # calibration tokens run through the model (chunks × chunk size)
     seconds: float | None = None
+    # read from a legacy .dat: sums hold (sum ÷ count) × ncall, flat, and counts [ncall]
+    legacy: bool = False
 
     def normalized(self) -> dict[str, np.ndarray]:
         """What llama-quantize passes to the quantizer: sum ÷ count (float32) per expert, 1.0 where
-        the count is zero (an expert no calibration token reached)."""
+        the count is zero (an expert no calibration token reached); a legacy entry ÷ its ncall
+        (as is where ncall is 0)."""
         out = {}
         for name, s in self.sums.items():
+            if self.legacy:
+                n = int(self.counts[name][0])
+                out[name] = np.ascontiguousarray((s / np.float32(n) if n > 0 else s).astype(np.float32).reshape(-1))
+                continue
             c = self.counts[name].astype(np.float32)
             v = np.ones_like(s, dtype=np.float32)
             seen = c > 0
@@ -146,6 +166,38 @@ class IMatrix:
         w.close()
         return path
 
+    def as_gguf(self) -> IMatrix:
+        """A legacy matrix in the GGUF format's terms, as `llama-imatrix --in-file x.dat -o x.gguf`
+        converts it (-c 512): sums × 512, counts ncall × 512, one count per entry. Scaling by a
+        power of two, the quantizer's sum ÷ count is the legacy value ÷ ncall bit for bit."""
+        if not self.legacy:
+            return self
+        return IMatrix(sums={n: (s * np.float32(CHUNK)).astype(np.float32) for n, s in self.sums.items()},
+                       counts={n: (c * CHUNK).astype(np.int64) for n, c in self.counts.items()},
+                       datasets=list(self.datasets), chunk_count=self.chunk_count, chunk_size=CHUNK,
+                       tokens=self.chunk_count * CHUNK)
+
+    def check_fits(self, model_path: Path, given: str) -> None:
+        """Every entry names a weight of `model_path` (a GGUF) and holds one value per input column
+        of each of its matrices (llama-quantize's own size check, made before any quantizing).
+        Raises QuantizationError in one line naming the first misfit."""
+        layout = {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(model_path).tensors}
+        if not self.sums:
+            raise QuantizationError(f"importance matrix {given} holds no entries")
+        unknown = sorted(n for n in self.sums if n not in layout)
+        if unknown:
+            raise QuantizationError(f"importance matrix {given} is not for this model: {len(unknown)} of its "
+                                    f"{len(self.sums)} entries name no tensor of {model_path.stem} "
+                                    f"(first: {unknown[0]})")
+        for name in sorted(self.sums):
+            ne = layout[name]
+            n_mat = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
+            size, n_counts = self.sums[name].size, self.counts[name].size
+            if size != ne[0] * n_mat or n_counts not in (1, n_mat):
+                raise QuantizationError(f"importance matrix {given} is not for this model: {name} holds {size} "
+                                        f"values in {n_counts} matrices; the model's tensor has {ne[0]} input "
+                                        f"columns × {n_mat} matrices")
+
     @classmethod
     def read(cls, path: Path) -> IMatrix:
         r = gguf.GGUFReader(path)
@@ -159,11 +211,130 @@ class IMatrix:
         for tname, data in tensors.items():
             if tname.endswith(".in_sum2"):
                 name = tname.removesuffix(".in_sum2")
+                if f"{name}.counts" not in tensors:
+                    raise QuantizationError(f"{path}: {name} has sums but no counts")
                 counts = tensors[f"{name}.counts"].reshape(-1)
+                if counts.size == 0 or data.size % counts.size:
+                    raise QuantizationError(f"{path}: {name}: {data.size} sums do not split into {counts.size} "
+                                            "matrices")
                 m.sums[name] = data.reshape(counts.size, -1).copy()
                 m.counts[name] = counts.copy()
         m.tokens = int(max((c.max() for c in m.counts.values()), default=0))
         return m
+
+    @classmethod
+    def read_legacy(cls, path: Path) -> IMatrix:
+        """llama.cpp's legacy .dat: int32 n_entries, then per entry int32 name length, name, int32
+        ncall, int32 nval, nval float32 ((sum ÷ count) × ncall); optionally int32 chunk count and
+        int32 length + dataset name (common_imatrix_load_legacy)."""
+        raw = Path(path).read_bytes()
+        bad = QuantizationError(f"{Path(path).name} is neither a GGUF importance matrix nor llama.cpp's legacy "
+                                ".dat format")
+        pos = 0
+
+        def i32() -> int:
+            nonlocal pos
+            if pos + 4 > len(raw):
+                raise bad
+            pos += 4
+            return struct.unpack_from("<i", raw, pos - 4)[0]
+
+        n_entries = i32()
+        if n_entries < 1 or n_entries > len(raw) // 12:
+            raise bad
+        m = cls(legacy=True, chunk_size=0)
+        for _ in range(n_entries):
+            n = i32()
+            if not 0 < n <= 4096 or pos + n > len(raw):
+                raise bad
+            try:
+                name = raw[pos:pos + n].decode()
+            except UnicodeDecodeError:
+                raise bad from None
+            pos += n
+            ncall, nval = i32(), i32()
+            if nval < 1 or pos + 4 * nval > len(raw):
+                raise bad
+            m.sums[name] = np.frombuffer(raw, "<f4", nval, pos).astype(np.float32).reshape(1, nval)
+            m.counts[name] = np.array([ncall], np.int64)
+            pos += 4 * nval
+        if pos < len(raw):  # the trailer is optional
+            m.chunk_count = i32()
+            if pos + 4 <= len(raw) and 0 < (n := i32()) <= len(raw) - pos:
+                m.datasets = [raw[pos:pos + n].decode(errors="replace")]
+        m.tokens = m.chunk_count * CHUNK
+        return m
+
+
+def read_given(path: str | Path) -> tuple[IMatrix, str]:
+    """A user's importance matrix (`--imatrix FILE`) and its format, "gguf" or "dat": a GGUF file
+    is read as one, anything else as the legacy format (llama.cpp's own rule). A missing,
+    unreadable or malformed file raises QuantizationError (one line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise QuantizationError(f"importance matrix {p} does not exist" if not p.exists()
+                                else f"importance matrix {p} is not a file")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise QuantizationError(f"cannot read importance matrix {p}: {e.strerror}") from None
+    if magic == b"GGUF":
+        try:
+            m = IMatrix.read(p)
+        except QuantizationError as e:
+            raise QuantizationError(f"importance matrix {p.name}: {str(e).removeprefix(f'{p}: ')}") from None
+        except (ValueError, KeyError, IndexError) as e:
+            raise QuantizationError(f"importance matrix {p.name} is not a readable GGUF ({e})") from None
+        return m, "gguf"
+    return IMatrix.read_legacy(p), "dat"
+
+
+def cache_dir() -> Path:
+    """Computed importance matrices: $EDGEPORT_IMATRIX_CACHE, else $XDG_CACHE_HOME/edgeport/imatrix
+    (default ~/.cache/edgeport/imatrix). Safe to delete at any time."""
+    return Path(os.environ.get(CACHE_ENV) or cache_root() / "imatrix")
+
+
+def cache_key(parts: dict) -> str:
+    """The cache key of a matrix: sha256 of the canonical JSON of what determines its bytes."""
+    return hashlib.sha256(json.dumps({**parts, "collector": COLLECTOR}, sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()
+
+
+def tensor_layout_digest(model_path: Path) -> str:
+    """sha256 of a GGUF's tensor directory (names, shapes, types): which weights the matrix
+    measures and at what sizes (read from the header only)."""
+    lines = "".join(f"{t.name} {list(map(int, t.shape))} {t.tensor_type.name}\n"
+                    for t in gguf.GGUFReader(model_path).tensors)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def cache_lookup(key: str) -> tuple[Path, dict] | None:
+    """The cached file and its record, or None. An entry is complete once its .json (written last)
+    exists and the file's sha256 matches it; anything else is a miss (and is overwritten)."""
+    path, meta_path = cache_dir() / f"{key}.gguf", cache_dir() / f"{key}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if isinstance(meta, dict) and path.is_file() and sha256_file(path) == meta.get("sha256"):
+            return path, meta
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cache_store(key: str, file: Path, meta: dict) -> Path | None:
+    """Keep `file` under `key` (atomically: an interrupted store leaves no half entry). Returns
+    the cached path, or None where the cache cannot be written (the export goes on)."""
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with open(file, "rb") as src, atomic_file(d / f"{key}.gguf", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        write_json(d / f"{key}.json", {**meta, "sha256": sha256_file(d / f"{key}.gguf")})
+    except OSError:
+        return None
+    return d / f"{key}.gguf"
 
 
 class _Tensor(ctypes.Structure):

@@ -2,7 +2,7 @@
 and judge each stage against the target profile's thresholds.
 
 Stages separate what the runtime/format changes from what quantization costs:
-  fidelity      reference (transformers) -> unquantized artifact (e.g. GGUF F16 in llama.cpp)
+  fidelity      reference (transformers, streamed layer by layer) -> unquantized artifact (e.g. GGUF F16 in llama.cpp)
   quantization  unquantized artifact     -> quantized artifact
   end_to_end    reference                -> quantized artifact (reported; judged if thresholds say so)
 """
@@ -37,6 +37,8 @@ class Scored(Protocol):
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]: ...
     def logits(self, token_ids: Sequence[int]) -> np.ndarray: ...
     def greedy(self, token_ids: Sequence[int], n: int) -> list[int]: ...
+    # optional: prepare(all_ids, greedy=short_ids, greedy_tokens=n), called once before the
+    # prompts are scored, for a runtime that computes them all in one pass over its weights
 
 
 def load_evalset(path: Path = EVALSET) -> tuple[list[dict], str]:
@@ -55,8 +57,12 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
     comps: dict[str, list] = {s: [] for s in stages}
     greedy: dict[str, list[int]] = {s: [] for s in stages}
     long_lengths = []
-    for p in prompts:
-        ids = ref.encode(p["text"])[:max_tokens]
+    all_ids = [ref.encode(p["text"])[:max_tokens] for p in prompts]
+    for rt in runtimes.values():  # a runtime that scores best in one pass (the streamed reference)
+        if callable(getattr(rt, "prepare", None)):
+            rt.prepare(all_ids, greedy=[i for i, p in zip(all_ids, prompts, strict=True) if p["kind"] == "short"],
+                       greedy_tokens=greedy_tokens)
+    for p, ids in zip(prompts, all_ids, strict=True):
         if p["kind"] == "long":
             long_lengths.append(len(ids))
         if on_prompt:

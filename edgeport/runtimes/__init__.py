@@ -17,6 +17,7 @@ from .reference import ReferenceRuntime
 RUNTIMES = {
     "llama.cpp": "edgeport.runtimes.llamacpp:LlamaCppRuntime",
     "transformers": "edgeport.runtimes.reference:ReferenceRuntime",
+    "transformers-streamed": "edgeport.runtimes.streamed:StreamedReferenceRuntime",
     "vllm": "edgeport.runtimes.vllm:VLLMRuntime",
     "onnxruntime": "edgeport.runtimes.onnxrt:OnnxRuntime",
     "simulated": "edgeport.runtimes.simulated:SimulatedRuntime",

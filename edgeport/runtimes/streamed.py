@@ -1,0 +1,269 @@
+"""Streamed reference runtime: transformers' own modules, one decoder layer in memory at a time.
+
+The whole-model reference (`ReferenceRuntime`) holds every weight in float32: ~42 GB for
+gpt-oss-20b. This runtime builds the same model skeleton on the meta device (same config, same
+attention and experts implementations), then for each decoder layer in turn materializes it on
+CPU, fills it from the safetensors, runs it on every pending sequence's hidden states and frees
+it. The math is transformers' (its decoder layer, rotary module, causal / sliding-window masks,
+KV cache and MXFP4 dequantization), so the result is transformers' by construction; only the
+order of the loops changes (layers outside, sequences inside).
+
+Memory: one layer's weights, the hidden states of the sequences being scored, and the lm_head in
+its stored dtype (logits are computed in float32 chunks of the vocabulary when asked). MoE
+experts are filled lazily, only those the router picks (a decode step over a few short prompts
+touches a fraction of them); unpicked experts are untouched zero pages.
+
+`prepare(prompts, greedy=..., greedy_tokens=n)` scores many prompts in one pass over the layers
+(and their greedy continuations in n passes); `logits` / `greedy` then answer from what it kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeport.core.source import Source
+
+from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
+from .reference import model_info_from_hf
+
+LOGIT_ROWS = 16384  # vocabulary rows per float32 chunk of the lm_head
+
+
+@dataclass
+class _Seq:
+    pending: list[int]  # token ids not yet run through the layers
+    cache: object | None = None  # a transformers DynamicCache when the sequence will be continued
+    hidden: object | None = None  # final-norm hidden states [T, H] (float32 torch) of the last pass
+    out: list[int] = field(default_factory=list)  # greedy tokens so far
+
+
+class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
+    name = "transformers-streamed"
+
+    def __init__(self, root: str | Path, info: ModelInfo | None = None, dtype: str = "float32"):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if dtype != "float32":
+            raise ValueError("the streamed reference computes in float32 only")
+        self.src = Source.open(root)
+        super().__init__(info or model_info_from_hf(self.src))
+        self.torch = torch
+        self.tok = load_tokenizer(self.src.root)
+        cfg = AutoConfig.from_pretrained(self.src.root, trust_remote_code=False, local_files_only=True)
+        cfg.__dict__.pop("quantization_config", None)  # experts are dequantized here, per layer
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        self.model.eval()
+        self.config = self.model.config
+        base = self.model.model
+        self.layer_types = list(getattr(self.config, "layer_types", None) or
+                                ["full_attention"] * self.config.num_hidden_layers)
+        self.rotary = type(base.rotary_emb)(config=self.config)  # on CPU: its buffers are computed
+        base.norm.to_empty(device="cpu")
+        self._fill(base.norm, "model.norm.")
+        self._lm_head = None
+        self._embed_name = "model.embed_tokens.weight"
+        self._head_name = ("lm_head.weight" if "lm_head.weight" in self.src or
+                           not getattr(self.config, "tie_word_embeddings", False) else self._embed_name)
+        self._experts_loaded: dict[int, set[int]] = {}
+        for i, layer in enumerate(base.layers[: self.config.num_hidden_layers]):
+            for mname, mod in layer.named_modules():
+                if hasattr(mod, "num_experts") and hasattr(mod, "gate_up_proj"):
+                    mod.register_forward_pre_hook(self._experts_hook(i, f"model.layers.{i}.{mname}."),
+                                                  with_kwargs=True)
+        self._hidden: dict[tuple[int, ...], object] = {}
+        self._greedy: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        self.layers_run = 0  # layer materializations, for tests and measurements
+
+    # --- weights ------------------------------------------------------------------------------
+    def _tensor(self, name: str, rows: slice | None = None):
+        return self.torch.from_numpy(np.ascontiguousarray(self.src.read_f32(name, rows)))
+
+    def _fill(self, module, prefix: str, lazy: set[str] = frozenset()) -> None:
+        for pname, p in module.named_parameters():
+            if pname in lazy:
+                continue
+            t = self._tensor(prefix + pname)
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(f"{prefix + pname}: checkpoint shape {tuple(t.shape)} != model's {tuple(p.shape)}")
+            with self.torch.no_grad():
+                p.copy_(t)
+        if any(True for _ in module.named_buffers()):
+            raise NotImplementedError(f"{prefix}: a layer with buffers is not supported by the streamed reference")
+
+    def _lazy_names(self, layer) -> set[str]:
+        return {f"{m}.{p}" for m, mod in layer.named_modules()
+                if hasattr(mod, "num_experts") and hasattr(mod, "gate_up_proj")
+                for p in ("gate_up_proj", "down_proj")}
+
+    def _load_layer(self, i: int):
+        torch = self.torch
+        layer = self.model.model.layers[i]
+        layer.to_empty(device="cpu")
+        lazy = self._lazy_names(layer)
+        for full in lazy:  # zero pages until the router picks an expert (see _experts_hook)
+            mname, pname = full.rsplit(".", 1)
+            mod = layer.get_submodule(mname)
+            shape = tuple(getattr(mod, pname).shape)
+            mod._parameters[pname] = torch.nn.Parameter(torch.zeros(shape), requires_grad=False)
+        self._experts_loaded[i] = set()
+        self._fill(layer, f"model.layers.{i}.", lazy)
+        self.layers_run += 1
+        return layer
+
+    def _free_layer(self, i: int) -> None:
+        self.model.model.layers[i].to_empty(device="meta")
+        self._experts_loaded.pop(i, None)
+
+    def _experts_hook(self, i: int, prefix: str):
+        def hook(module, args, kwargs):
+            idx = args[1] if len(args) > 1 else kwargs.get("router_indices", kwargs.get("top_k_index"))
+            wanted = (set(range(module.num_experts)) if idx is None else
+                      {int(e) for e in self.torch.unique(idx) if 0 <= int(e) < module.num_experts})
+            for e in sorted(wanted - self._experts_loaded[i]):
+                for pname in ("gate_up_proj", "down_proj"):
+                    with self.torch.no_grad():
+                        getattr(module, pname)[e].copy_(self._expert(prefix + pname, e))
+                self._experts_loaded[i].add(e)
+        return hook
+
+    def _expert(self, name: str, e: int):
+        """Expert e of a stacked expert tensor, float32, in the layout the model's parameter has:
+        MXFP4 (`_blocks` / `_scales`) through transformers' own dequantization."""
+        rows = slice(e, e + 1)
+        if name in self.src:
+            return self._tensor(name, rows)[0]
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+        blocks = self.torch.from_numpy(self.src.read_raw(name + "_blocks", rows))
+        scales = self.torch.from_numpy(self.src.read_raw(name + "_scales", rows))
+        return convert_moe_packed_tensors(blocks, scales, dtype=self.torch.float32)[0]
+
+    def _embed(self, ids: Sequence[int]):
+        uniq = sorted(set(ids))
+        rows = {t: self._tensor(self._embed_name, slice(t, t + 1))[0] for t in uniq}
+        return self.torch.stack([rows[t] for t in ids])[None]
+
+    def _head(self):
+        if self._lm_head is None:  # stored dtype (bf16: half of float32), widened per chunk
+            raw = self.src.read_raw(self._head_name)
+            self._lm_head = (self.torch.from_numpy(raw).view(self.torch.bfloat16)
+                             if self.src.entry(self._head_name).dtype == "BF16" else self.torch.from_numpy(raw))
+        return self._lm_head
+
+    def _logits(self, hidden):
+        """float32 logits [T, vocab] of final-norm hidden states [T, H]."""
+        torch = self.torch
+        w = self._head()
+        out = torch.empty((hidden.shape[0], w.shape[0]), dtype=torch.float32)
+        for r0 in range(0, w.shape[0], LOGIT_ROWS):
+            out[:, r0:r0 + LOGIT_ROWS] = torch.nn.functional.linear(hidden, w[r0:r0 + LOGIT_ROWS].float())
+        return out
+
+    # --- the pass over the layers ---------------------------------------------------------------
+    def _run(self, seqs: list[_Seq]) -> None:
+        """Run every sequence's pending tokens through all layers (each layer loaded once);
+        leaves the final-norm hidden states of those tokens in seq.hidden."""
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        torch = self.torch
+        base = self.model.model
+        states = []
+        with torch.inference_mode():
+            for s in seqs:
+                h = self._embed(s.pending)
+                past = s.cache.get_seq_length() if s.cache is not None else 0
+                pos = (torch.arange(h.shape[1]) + past)[None]
+                kw = {"config": self.config, "inputs_embeds": h, "attention_mask": None, "cache": s.cache,
+                      "position_ids": pos}
+                masks = {"full_attention": create_causal_mask(**kw)}
+                if "sliding_attention" in self.layer_types:
+                    masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+                states.append([h, pos, masks, self.rotary(h, pos)])
+            for i in range(self.config.num_hidden_layers):
+                layer = self._load_layer(i)
+                try:
+                    for s, st in zip(seqs, states, strict=True):
+                        h, pos, masks, pe = st
+                        st[0] = layer(h, attention_mask=masks[self.layer_types[i]], position_embeddings=pe,
+                                      position_ids=pos, cache=s.cache, use_cache=s.cache is not None)
+                finally:
+                    self._free_layer(i)
+            for s, st in zip(seqs, states, strict=True):
+                s.hidden = base.norm(st[0])[0]
+                s.pending = []
+
+    def _continue(self, seqs: list[_Seq], n: int) -> None:
+        """Greedy tokens for sequences whose prompt has just been run (with a cache), up to n each."""
+        while True:
+            live = [s for s in seqs if len(s.out) < n]
+            for s in live:
+                with self.torch.inference_mode():
+                    tok = int(self.torch.argmax(self._logits(s.hidden[-1:])[0]))
+                s.out.append(tok)
+                s.pending = [tok]
+            live = [s for s in live if len(s.out) < n]
+            if not live:
+                return
+            self._run(live)
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    # --- the gate's calls -----------------------------------------------------------------------
+    def prepare(self, prompts: Sequence[Sequence[int]], greedy: Sequence[Sequence[int]] = (),
+                greedy_tokens: int = 0) -> None:
+        """Score every prompt in one pass over the layers (and continue those in `greedy` by
+        `greedy_tokens` greedy tokens, one more pass per token); `logits` / `greedy` then answer
+        from what is kept (final hidden states and token ids, never logits)."""
+        want_greedy = {tuple(g) for g in greedy} if greedy_tokens > 0 else set()
+        keys = list(dict.fromkeys([tuple(p) for p in prompts] + sorted(want_greedy)))
+        seqs = {k: _Seq(list(k), self._new_cache() if k in want_greedy else None) for k in keys}
+        self._run(list(seqs.values()))
+        for k, s in seqs.items():
+            self._hidden[k] = s.hidden
+        if want_greedy:
+            gs = [seqs[k] for k in want_greedy]
+            self._continue(gs, greedy_tokens)
+            for k in want_greedy:
+                self._greedy[(k, greedy_tokens)] = seqs[k].out
+                seqs[k].cache = None
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        key = tuple(int(t) for t in token_ids)
+        hidden = self._hidden.get(key)
+        if hidden is None:
+            s = _Seq(list(key))
+            self._run([s])
+            hidden = s.hidden
+        with self.torch.inference_mode():
+            return self._logits(hidden).numpy()
+
+    def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
+        key = tuple(int(t) for t in prompt_ids)
+        if (key, n) in self._greedy:
+            return list(self._greedy[(key, n)])
+        s = _Seq(list(key), self._new_cache())
+        self._run([s])
+        self._continue([s], n)
+        return s.out
+
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
+        s = _Seq(list(prompt_ids), self._new_cache())
+        while True:
+            self._run([s])
+            with self.torch.inference_mode():
+                tok = yield self._logits(s.hidden[-1:])[0].numpy()
+            s.pending = [int(tok)]
+
+    def close(self) -> None:
+        self._hidden.clear()
+        self._greedy.clear()
+        self._lm_head = None

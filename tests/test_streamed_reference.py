@@ -1,0 +1,132 @@
+"""The streamed reference (one decoder layer in memory at a time) against transformers holding the
+whole model (ReferenceRuntime): same logits, same greedy continuations, on every bundled model and
+a random-init one, for the eval set's prompts (long ones past the sliding window); and its peak
+memory does not grow with the number of layers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeport.parity.gate import load_evalset
+from tests.conftest import GPT_OSS, ROOT
+
+# float tolerance on logits: max |streamed - transformers| <= RTOL * max(1, max |transformers|)
+# (both run transformers' own modules in float32 on the same inputs; measured: 0.0, bit-equal)
+RTOL = 1e-4
+GREEDY = 16
+
+
+@pytest.fixture(scope="module")
+def random_gpt_oss(tmp_path_factory) -> Path:
+    """A random-init gpt-oss with a 32768-row vocabulary (the lm_head takes two float32 chunks)."""
+    from edgeport.models.build_random import build
+
+    return build("gpt-oss", tmp_path_factory.mktemp("r") / "random-gpt-oss")
+
+
+def _eval_ids(rt, max_tokens: int = 512):
+    prompts, _ = load_evalset()
+    ids = [rt.encode(p["text"])[:max_tokens] for p in prompts]
+    return ids, [i for i, p in zip(ids, prompts, strict=True) if p["kind"] == "short"]
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-gpt-oss-mxfp4", "tiny-llama", "random-gpt-oss"])
+def test_streamed_equals_transformers(model, request):
+    from edgeport.runtimes.reference import ReferenceRuntime
+    from edgeport.runtimes.streamed import StreamedReferenceRuntime
+
+    root = {"tiny-gpt-oss": lambda: GPT_OSS, "tiny-gpt-oss-mxfp4": lambda: request.getfixturevalue("mxfp4_dir"),
+            "tiny-llama": lambda: request.getfixturevalue("llama_dir"),
+            "random-gpt-oss": lambda: request.getfixturevalue("random_gpt_oss")}[model]()
+    ref = ReferenceRuntime(root)
+    st = StreamedReferenceRuntime(root)
+    ids, short = _eval_ids(ref)
+    window = getattr(ref.model.config, "sliding_window", None)
+    if window:
+        assert max(map(len, ids)) > window, "no eval prompt reaches past the sliding window"
+    st.prepare(ids, greedy=short, greedy_tokens=GREEDY)
+    n_layers = ref.model.config.num_hidden_layers
+    assert st.layers_run == n_layers * GREEDY  # one pass for every prompt, one per further greedy token
+    for x in ids:
+        want, got = ref.logits(x), st.logits(x)
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.isfinite(got).all()
+        diff = float(np.abs(got - want).max())
+        assert diff <= RTOL * max(1.0, float(np.abs(want).max())), f"{model}, {len(x)} tokens: max |diff| {diff}"
+    for x in short:
+        assert st.greedy(x, GREEDY) == ref.greedy(x, GREEDY)
+    # unprepared calls (a prompt the pass did not see) and streaming agree too
+    x = ids[0][:-1]
+    np.testing.assert_allclose(st.logits(x), ref.logits(x), rtol=0, atol=RTOL * 30)
+    assert st.greedy(x, 4) == ref.greedy(x, 4)
+    assert st.generate("Hello", max_new_tokens=4) == ref.generate("Hello", max_new_tokens=4)
+
+
+# --- peak memory flat in layers -------------------------------------------------------------------
+WIDE = {"hidden_size": 512, "intermediate_size": 512, "num_local_experts": 32, "num_experts_per_tok": 4,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64}
+
+
+def _wide_mxfp4(out: Path, n_layers: int) -> Path:
+    """A random-init gpt-oss (the tiny one's tokenizer and attention pattern, wider experts) with
+    `n_layers` layers, its experts stored MXFP4 as openai/gpt-oss-20b ships them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgeport.core.source import Source
+    from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
+    from edgeport.models.build_random import TOKENIZER_FILES
+
+    cfg = json.loads((GPT_OSS / "config.json").read_text())
+    cfg |= WIDE | {"num_hidden_layers": n_layers,
+                   "layer_types": ["sliding_attention", "full_attention"] * (n_layers // 2)}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+    bf16 = out.with_name(out.name + "-bf16")
+    model.save_pretrained(bf16, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (GPT_OSS / name).is_file():
+            (bf16 / name).write_bytes((GPT_OSS / name).read_bytes())
+    write_mxfp4_checkpoint(Source.open(bf16), out)
+    return out
+
+
+CHILD = textwrap.dedent("""
+    import json, resource, sys
+    from edgeport.parity.gate import load_evalset
+    from edgeport.runtimes.streamed import StreamedReferenceRuntime
+    rt = StreamedReferenceRuntime(sys.argv[1])
+    prompts, _ = load_evalset()
+    ids = [rt.encode(p["text"])[:512] for p in prompts]
+    rt.prepare(ids, greedy=[i for i, p in zip(ids, prompts) if p["kind"] == "short"], greedy_tokens=4)
+    for x in ids:
+        rt.logits(x)
+    print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "layers_run": rt.layers_run}))
+""")
+
+
+def _peak_kib(model: Path) -> int:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(model)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"]
+
+
+def test_streamed_peak_memory_flat_in_layers(tmp_path):
+    """2 -> 6 layers of 32 MXFP4 experts (each layer ~97 MiB dequantized in float32; the whole-model
+    reference grows by ~390 MiB): the streamed reference's peak RSS grows by less than one layer."""
+    c = WIDE
+    layer_mib = 4 * c["num_local_experts"] * 3 * c["hidden_size"] * c["intermediate_size"] / 2**20
+    peaks = {n: _peak_kib(_wide_mxfp4(tmp_path / f"wide-{n}", n)) for n in (2, 6)}
+    growth_mib = (peaks[6] - peaks[2]) / 1024
+    print(f"peak RSS 2 layers {peaks[2] / 1024:.0f} MiB, 6 layers {peaks[6] / 1024:.0f} MiB, "
+          f"growth {growth_mib:.0f} MiB; one layer's experts dequantized {layer_mib:.0f} MiB")
+    assert growth_mib < layer_mib, (peaks, layer_mib)
