@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
