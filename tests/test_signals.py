@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -85,6 +86,8 @@ class Export:
                  pause_file: Path | None = None):
         if pause_at is not None:  # export/progress.py's test-only pause point
             env = {**(env or {}), "EDGEPORT_TEST_PAUSE_AT": pause_at, "EDGEPORT_TEST_PAUSE_FILE": str(pause_file)}
+        # an empty importance-matrix cache of its own: every phase (the matrix included) really runs
+        env = {**(env or {}), "EDGEPORT_IMATRIX_CACHE": tempfile.mkdtemp(prefix="edgeport-signals-imatrix-")}
         self.pause_file = pause_file
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "invoke", "export", *args], cwd=ROOT, text=True, start_new_session=True,

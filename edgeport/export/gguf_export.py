@@ -173,7 +173,7 @@ def cached_imatrix(job: Job, model: Path, calibration, dest: Path) -> tuple[IMat
         imatrix.tokens = imatrix.chunk_count * imatrix.chunk_size
         imatrix.seconds = meta.get("seconds")
         console.print(f"importance matrix: reused from the cache ({imatrix.chunk_count} chunks of "
-                      f"{calibration.name}, computed in {meta.get('seconds')} s; {path})", highlight=False)
+                      f"{calibration.name}, computed in {meta.get('seconds')} s; key {key[:12]})", highlight=False)
         return imatrix, {"origin": "cache", "cached": True, "cache_key": key}
     imatrix = compute_imatrix(job, model, calibration, dest)
     stored = cache_store(key, dest, {"key": parts, "seconds": imatrix.seconds, "chunks": imatrix.chunk_count,
