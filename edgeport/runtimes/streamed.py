@@ -41,6 +41,11 @@ class _Seq:
     out: list[int] = field(default_factory=list)  # greedy tokens so far
 
 
+def _is_experts(module) -> bool:
+    """A stacked-experts module (gpt-oss's GptOssExperts): its weights load lazily, per routed expert."""
+    return hasattr(module, "num_experts") and hasattr(module, "gate_up_proj")
+
+
 class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
     name = "transformers-streamed"
 
@@ -73,7 +78,7 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         self._experts_loaded: dict[int, set[int]] = {}
         for i, layer in enumerate(base.layers[: self.config.num_hidden_layers]):
             for mname, mod in layer.named_modules():
-                if hasattr(mod, "num_experts") and hasattr(mod, "gate_up_proj"):
+                if _is_experts(mod):
                     mod.register_forward_pre_hook(self._experts_hook(i, f"model.layers.{i}.{mname}."),
                                                   with_kwargs=True)
         self._hidden: dict[tuple[int, ...], object] = {}
@@ -97,8 +102,7 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
             raise NotImplementedError(f"{prefix}: a layer with buffers is not supported by the streamed reference")
 
     def _lazy_names(self, layer) -> set[str]:
-        return {f"{m}.{p}" for m, mod in layer.named_modules()
-                if hasattr(mod, "num_experts") and hasattr(mod, "gate_up_proj")
+        return {f"{m}.{p}" for m, mod in layer.named_modules() if _is_experts(mod)
                 for p in ("gate_up_proj", "down_proj")}
 
     def _load_layer(self, i: int):
