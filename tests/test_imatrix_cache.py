@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edgeport.core.errors import QuantizationError
+from edgeport.core.errors import CalibrationError, QuantizationError
 from edgeport.core.source import sha256_file
 from edgeport.export import gguf_export
 from edgeport.export.gguf_quantize import quantize
@@ -215,7 +215,19 @@ def test_llama_imatrix_gguf_gives_the_same_gguf(model, cache, cal, gguf_dir, tmp
     assert len(calls) == 1
     assert m2["quantization"]["imatrix"]["given"]["sha256"] == sha256_file(theirs)
     assert m2["quantization"]["imatrix"]["chunks"] == m1["quantization"]["imatrix"]["chunks"] >= 2
-    assert _model_bytes(p2, m2) == _model_bytes(p1, m1)
+    if model == "tiny-llama":
+        assert _model_bytes(p2, m2) == _model_bytes(p1, m1)
+        return
+    # gpt-oss: its experts are kept MXFP4, so the export does not measure them and its matrix has
+    # fewer entries than llama-imatrix's; every tensor and every other key is the same
+    a, b = (gguf.GGUFReader(p / m["runtime"]["model_file"]) for p, m in ((p1, m1), (p2, m2)))
+    assert {t.name: bytes(t.data) for t in a.tensors} == {t.name: bytes(t.data) for t in b.tensors}
+    count = "quantize.imatrix.entries_count"
+    kv = [{k: f.contents() for k, f in r.fields.items() if k != count and not k.startswith("GGUF.")} for r in (a, b)]
+    assert kv[0] == kv[1]
+    ours, theirs = IMatrix.read(p1 / "imatrix.gguf"), IMatrix.read(theirs)
+    assert a.fields[count].contents() == len(ours.sums) < b.fields[count].contents() == len(theirs.sums)
+    assert set(theirs.sums) - set(ours.sums) == {k for k in theirs.sums if "_exps" in k}
 
 
 @pytest.mark.slow
@@ -246,3 +258,41 @@ def test_llama_imatrix_legacy_dat(cache, cal, gguf_dir, tmp_path):
     quantize(f16, tmp_path / "from-shipped.gguf", "Q4_K_M", imatrix=IMatrix.read(p / "imatrix.gguf"))
     c = {t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(tmp_path / "from-shipped.gguf").tensors}
     assert [n for n in a if a[n] != c[n]] == []
+
+
+def test_kept_experts_are_not_measured(cache, cal, tmp_path):
+    """gpt-oss's experts stay MXFP4 (the quantizer keeps them): the export's matrix leaves them out
+    (each measured MoE matmul halts llama.cpp's graph to copy its activations out), keeps every
+    other weight, and quantizes the rest exactly as a matrix with the experts in would; with
+    --bf16-experts kquant the experts are quantized with the matrix, so they are measured."""
+    _d, calls = cache
+    p1, _m1 = _export(MODELS / "tiny-gpt-oss", tmp_path / "kept", calibration=str(cal))
+    kept = IMatrix.read(p1 / "imatrix.gguf")
+    assert kept.sums and not [k for k in kept.sums if "_exps" in k]
+    p2, _m2 = _export(MODELS / "tiny-gpt-oss", tmp_path / "kquant", calibration=str(cal), bf16_experts="kquant")
+    full = IMatrix.read(p2 / "imatrix.gguf")
+    assert len(calls) == 2, "a matrix without the experts cannot stand in for one with them"
+    assert set(full.sums) - set(kept.sums) == {k for k in full.sums if "_exps" in k} != set()
+    for k in kept.sums:  # the same pass: what both measured is the same
+        assert np.array_equal(kept.sums[k], full.sums[k]) and np.array_equal(kept.counts[k], full.counts[k]), k
+
+
+def test_budget_in_tokens(cache, tmp_path):
+    """The default budget caps the chunks the matrix runs; --imatrix-tokens sets another (0: the
+    whole set), which is part of the cache key."""
+    from edgeport.export.imatrix import DEFAULT_BUDGET_TOKENS
+
+    _d, calls = cache
+    big = tmp_path / "big.txt"
+    big.write_text(_text(400_000, 7))
+    _, m1 = _export(MODELS / "tiny-llama", tmp_path / "default", calibration=str(big))
+    assert m1["quantization"]["imatrix"]["chunks"] == DEFAULT_BUDGET_TOKENS // 512
+    _, m2 = _export(MODELS / "tiny-llama", tmp_path / "two", calibration=str(big), imatrix_tokens=1024)
+    assert m2["quantization"]["imatrix"]["chunks"] == 2 and len(calls) == 2
+    _, m3 = _export(MODELS / "tiny-llama", tmp_path / "all", calibration=str(big), imatrix_tokens=0)
+    assert m3["quantization"]["imatrix"]["chunks"] > DEFAULT_BUDGET_TOKENS // 512 and len(calls) == 3
+    for bad, msg in ((100, "less than two chunks"), (-1, ">= 0")):
+        with pytest.raises(QuantizationError if bad < 0 else CalibrationError, match=msg):
+            _export(MODELS / "tiny-llama", tmp_path / f"bad{bad}", calibration=str(big), imatrix_tokens=bad)
+    with pytest.raises(QuantizationError, match="does not apply with --no-imatrix"):
+        _export(MODELS / "tiny-llama", tmp_path / "off", imatrix=False, imatrix_tokens=1024)

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgeport.benchmarking.procmem import status_kib, tree
 from edgeport.benchmarking.serve_load import load
 from edgeport.core.llama_tools import tool
 from edgeport.core.manifest import load as read_manifest
@@ -65,8 +66,18 @@ def _wait(url: str, proc: subprocess.Popen, path: str, timeout: float = 900) -> 
     raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
 
 
+def peak_memory(pid: int) -> dict:
+    """The process tree's peak resident memory so far: VmHWM summed over its processes (each one's
+    own high-water mark; an upper bound of the tree's peak), and its RssAnon now (weights the
+    engine maps from the GGUF are file-backed, not anonymous)."""
+    pids = tree(pid)
+    return {"peak_rss_bytes": 1024 * sum(status_kib(p, "VmHWM") for p in pids),
+            "rss_anon_bytes": 1024 * sum(status_kib(p, "RssAnon") for p in pids)}
+
+
 @contextlib.contextmanager
-def _started(cmd: list[str], ready_path: str, port: int, log: Path):
+def _started(cmd: list[str], ready_path: str, port: int, log: Path, memory: dict | None = None):
+    """The server, ready; `memory` gets its peak_memory() when the block ends."""
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                 start_new_session=True)
@@ -74,6 +85,8 @@ def _started(cmd: list[str], ready_path: str, port: int, log: Path):
     try:
         _wait(url, proc, ready_path)
         yield url
+        if memory is not None:
+            memory.update(peak_memory(proc.pid))
     finally:
         proc.terminate()
         try:
@@ -132,10 +145,14 @@ def main() -> None:
         port = free_port()
         cmd, ready = make(port)
         print(f"== {name}: starting (log {logs / name}.log)", flush=True)
-        with _started(cmd, ready, port, logs / f"{name}.log") as url:
+        memory: dict = {}
+        with _started(cmd, ready, port, logs / f"{name}.log", memory) as url:
             load(url, [1], 1, 8, None, a.endpoint)  # warm up: first-request allocations out of the figures
             r = load(url, levels, a.requests, a.max_tokens, None, a.endpoint)
         result["servers"][name] = r["runs"]
+        result.setdefault("memory", {})[name] = memory
+        print(f"   peak RSS {memory.get('peak_rss_bytes', 0) / 2**20:.0f} MiB (anonymous now "
+              f"{memory.get('rss_anon_bytes', 0) / 2**20:.0f} MiB)", flush=True)
         for run in r["runs"]:
             print(f"   {run['clients']} clients: {run['throughput_tps']:.1f} tok/s, TTFT p50 "
                   f"{run['ttft_ms']['p50']:.1f} ms p99 {run['ttft_ms']['p99']:.1f} ms, errors {run['errors']}",

@@ -33,12 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeport.benchmarking.bench_serve import _started
 from edgeport.benchmarking.llama_cpp_converter import converter_command, converter_script
+from edgeport.benchmarking.procmem import status_kib, tree
 from edgeport.benchmarking.synthetic import build_in_subprocess
 from edgeport.core.llama_tools import repack_args, tool
 from edgeport.export.imatrix import CHUNK, DEFAULT_CALIBRATION
+from edgeport.serving.engines import free_port, llama_server_command
 
-STEPS = ("export", "reexport", "llama.cpp", "plan", "serve", "publish")
+STEPS = ("export", "llama.cpp", "plan", "memory", "serve", "publish", "reexport")
 
 
 def cpu_name() -> str:
@@ -46,29 +49,6 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _du(paths: list[Path]) -> int:
@@ -106,9 +86,9 @@ def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, 
 
         def sample() -> None:
             while not stop.is_set():
-                pids = _tree(proc.pid)
-                m.peak_anon_bytes = max(m.peak_anon_bytes, 1024 * sum(_status_kib(p, "RssAnon") for p in pids))
-                m.peak_rss_bytes = max(m.peak_rss_bytes, 1024 * sum(_status_kib(p, "VmRSS") for p in pids))
+                pids = tree(proc.pid)
+                m.peak_anon_bytes = max(m.peak_anon_bytes, 1024 * sum(status_kib(p, "RssAnon") for p in pids))
+                m.peak_rss_bytes = max(m.peak_rss_bytes, 1024 * sum(status_kib(p, "VmRSS") for p in pids))
                 m.peak_disk_bytes = max(m.peak_disk_bytes, _du(watch))
                 stop.wait(0.2)
 
@@ -144,6 +124,7 @@ def main() -> None:
     ap.add_argument("--device", default="laptop-16gb-cpu", help="the device profile `plan` is asked about")
     ap.add_argument("--skip", default="", help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
     ap.add_argument("--json", type=Path, default=Path("scale.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the steps already in --json and run the others")
     ap.add_argument("--figure", type=Path)
     a = ap.parse_args()
     skip = {s for s in a.skip.split(",") if s}
@@ -157,16 +138,26 @@ def main() -> None:
                              "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
                  "model": model.name, "layers": None if a.model else a.layers, "source_bytes": source_bytes,
                  "steps": {}}
+    if a.resume and a.json.is_file():  # a run cut short: keep what it measured, run the rest
+        res["steps"] = json.loads(a.json.read_text()).get("steps", {})
+        skip |= set(res["steps"])
+        print(f"resuming: {', '.join(res['steps'])} already measured in {a.json}", flush=True)
+
+    def save() -> None:
+        a.json.write_text(json.dumps(res, indent=2) + "\n")
     edgeport = [sys.executable, "-m", "edgeport"]
     tmp = work / "tmp"  # the exports' temp dir, watched for disk
     env = {**os.environ, "TMPDIR": str(tmp)}
 
     def export(name: str, out: Path, *extra: str) -> Measured:
-        shutil.rmtree(out, ignore_errors=True)
+        """`out` sits alone in its own directory: the export stages beside it (.artifact.partial-*),
+        and the disk watched is that directory and TMPDIR."""
+        shutil.rmtree(out.parent, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        out.parent.mkdir(parents=True)
         m = run_measured([*edgeport, "export", "--target", "cpu", "--model", str(model), "--out", str(out), *extra],
-                         watch=[tmp, out], env=env, log=work / f"{name}.log")
+                         watch=[tmp, out.parent], env=env, log=work / f"{name}.log")
         if m.returncode:
             raise SystemExit(f"{name} failed (exit {m.returncode}):\n{m.log_tail}")
         manifest = json.loads((out / "manifest.json").read_text())
@@ -178,13 +169,10 @@ def main() -> None:
               f"peak disk beyond the source {_gib(m.peak_disk_bytes)}", flush=True)
         return m
 
-    art = work / "artifact"
+    art = work / "export" / "artifact"
     if "export" not in skip:
         res["steps"]["export"] = vars(export("export", art))
-    if "reexport" not in skip:
-        # another scheme that takes the importance matrix (Q5_K_M and up are quantized without one)
-        res["steps"]["reexport"] = vars(export("reexport", work / "artifact-q3", "--quantization", "Q3_K_M"))
-        shutil.rmtree(work / "artifact-q3", ignore_errors=True)
+        save()
 
     if "llama.cpp" not in skip:
         theirs: dict = {}
@@ -205,6 +193,7 @@ def main() -> None:
             theirs[name] = vars(m)
             print(f"llama.cpp {name}: {m.seconds:.0f} s, peak anon {_gib(m.peak_anon_bytes)}", flush=True)
         res["steps"]["llama.cpp"] = theirs
+        save()
         for f in (f16, imat, q):
             f.unlink(missing_ok=True)
 
@@ -212,14 +201,21 @@ def main() -> None:
         r = subprocess.run([*edgeport, "plan", "--device", a.device, "--model", str(model), "--target", "cpu",
                             "--json"], capture_output=True, text=True)
         res["steps"]["plan"] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
+        save()
+
+    if "memory" not in skip and art.exists():
+        res["steps"]["memory"] = server_memory(edgeport, model, art, a.device, work)
+        save()
 
     if "serve" not in skip and art.exists():
         r = subprocess.run([sys.executable, "-m", "edgeport.benchmarking.bench_serve", "--artifact", str(art),
                             "--clients", a.clients, "--requests", str(a.requests), "--max-tokens",
                             str(a.max_tokens), "--endpoint", "completions", "--only", "front", "llama-server",
+                            "--parallel", str(max(int(c) for c in a.clients.split(","))),
                             "--out", str(work / "serve.json")], capture_output=True, text=True)
         res["steps"]["serve"] = (json.loads((work / "serve.json").read_text()) if r.returncode == 0
                                  else {"error": r.stderr[-1500:]})
+        save()
 
     if "publish" not in skip and art.exists():
         layout = work / "layout"
@@ -231,13 +227,113 @@ def main() -> None:
         pull = run_measured([*edgeport, "pull", "--from", f"file://{layout}:v1", "--out", str(pulled)],
                             watch=[pulled], log=work / "pull.log")
         res["steps"]["publish"] = {"push": vars(push), "pull": vars(pull)}
+        save()
         shutil.rmtree(layout, ignore_errors=True)
         shutil.rmtree(pulled, ignore_errors=True)
 
+    # last: the least it can show is what the cache saves
+    if "reexport" not in skip:
+        # another scheme that takes the importance matrix (Q5_K_M and up are quantized without one)
+        res["steps"]["reexport"] = vars(export("reexport", work / "reexport" / "artifact", "--quantization", "Q3_K_M"))
+        save()
+        shutil.rmtree(work / "reexport", ignore_errors=True)
+
+    res["goals"] = goals(res)
     a.json.write_text(json.dumps(res, indent=2) + "\n")
+    print(markdown(res))
     print(f"wrote {a.json}")
     if a.figure:
         figure(res, a.figure)
+
+
+def _gguf(art: Path) -> Path:
+    manifest = json.loads((art / "manifest.json").read_text())
+    return art / manifest["runtime"]["model_file"]
+
+
+def server_memory(edgeport: list[str], model: Path, art: Path, device: str, work: Path, ctx: int = 4096) -> dict:
+    """llama-server's peak RSS at `ctx` (one sequence; the command the front runs, which maps the
+    GGUF with MAP_POPULATE: the weights are resident once it is loaded) after one short request,
+    beside what `plan --llama-server` predicts for the same context, and the GGUF's bytes beside
+    the plan's."""
+    import httpx
+
+    gguf = _gguf(art)
+    r = subprocess.run([*edgeport, "plan", "--device", device, "--model", str(model), "--target", "cpu",
+                        "--llama-server", "--context", str(ctx), "--concurrency", "1", "--json"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        return {"error": r.stderr[-500:]}
+    plan = json.loads(r.stdout)
+    port = free_port()
+    memory: dict = {}
+    with _started(llama_server_command(tool("llama-server"), gguf, port, ctx, 1, None), "/health", port,
+                  work / "llama-server-memory.log", memory) as url:
+        httpx.post(f"{url}/completion", json={"prompt": "The capital of France is", "n_predict": 16},
+                   timeout=600).raise_for_status()
+    need = plan["pools"]["ram"]["need_bytes"]
+    out = {"ctx": ctx, "gguf_bytes": gguf.stat().st_size, "plan_file_bytes": plan["weights"]["file_bytes"],
+           "plan_need_bytes": need, "plan_parts": plan["pools"]["ram"]["parts"],
+           "llama_server_peak_rss_bytes": memory.get("peak_rss_bytes")}
+    out["file_error"] = out["plan_file_bytes"] / out["gguf_bytes"] - 1
+    out["rss_error"] = need / out["llama_server_peak_rss_bytes"] - 1 if out["llama_server_peak_rss_bytes"] else None
+    print(f"memory: GGUF {_gib(out['gguf_bytes'])} (plan {out['file_error']:+.2%}), llama-server peak RSS at ctx "
+          f"{ctx} {_gib(out['llama_server_peak_rss_bytes'] or 0)} (plan {_gib(need)})", flush=True)
+    return out
+
+
+def goals(res: dict) -> list[dict]:
+    """#21's goals, each with the number measured in this run (None where its step did not run)."""
+    st = res["steps"]
+    ex, re_, lc = st.get("export"), st.get("reexport"), st.get("llama.cpp")
+    mem, serve = st.get("memory") or {}, st.get("serve") or {}
+    rows = []
+
+    def row(measure: str, value, goal: str, met) -> None:
+        rows.append({"measure": measure, "value": value, "goal": goal, "met": met})
+
+    if ex:
+        row("default cpu export, parity on: minutes", ex["seconds"] / 60, "<= 45", ex["seconds"] <= 45 * 60)
+        row("export peak anonymous memory: GiB", ex["peak_anon_bytes"] / 2**30, "<= 4",
+            ex["peak_anon_bytes"] <= 4 * 2**30)
+        row("export peak RSS incl. mapped weights: GiB", ex["peak_rss_bytes"] / 2**30, "reported", None)
+        art = ex["extra"]["artifact_bytes"]
+        row("export peak disk beyond the source ÷ artifact", ex["peak_disk_bytes"] / art, "<= 1.2",
+            ex["peak_disk_bytes"] <= 1.2 * art)
+    if ex and lc:
+        theirs = sum(s["seconds"] for s in lc.values())
+        row("export time ÷ llama.cpp convert+imatrix+quantize", ex["seconds"] / theirs, "<= 0.8",
+            ex["seconds"] <= 0.8 * theirs)
+        their_anon = max(s["peak_anon_bytes"] for s in lc.values())
+        row("export peak anonymous ÷ llama.cpp's", ex["peak_anon_bytes"] / their_anon, "<= 0.5",
+            ex["peak_anon_bytes"] <= 0.5 * their_anon)
+    if ex and re_:
+        row("re-export (imatrix cached) ÷ first export", re_["seconds"] / ex["seconds"], "<= 0.3",
+            re_["seconds"] <= 0.3 * ex["seconds"])
+    if mem.get("gguf_bytes"):
+        row("plan vs measured GGUF bytes", mem["file_error"], "within ±3 %", abs(mem["file_error"]) <= 0.03)
+    if mem.get("rss_error") is not None:
+        row(f"plan vs llama-server peak RSS at ctx {mem['ctx']}", mem["rss_error"], "within ±3 %",
+            abs(mem["rss_error"]) <= 0.03)
+    for r in serve.get("ratios", []):
+        if "front_over_llama_server_tps" in r:
+            row(f"front ÷ llama-server decode, {r['clients']} clients", r["front_over_llama_server_tps"], ">= 0.97",
+                r["front_over_llama_server_tps"] >= 0.97)
+            row(f"front − llama-server TTFT p50, {r['clients']} clients: ms", r["front_minus_llama_server_ttft_p50_ms"],
+                "<= 5", r["front_minus_llama_server_ttft_p50_ms"] <= 5)
+    return rows
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"{res['model']} ({res['source_bytes'] / 2**30:.1f} GiB source) on {m['cpu']}, {m['cores']} cores, "
+             f"{m['memory_gib']} GiB", "", "| measure | measured | goal | met |", "|---|---|---|---|"]
+    for g in res["goals"]:
+        v = g["value"]
+        shown = f"{v:+.2%}" if "±" in g["goal"] else f"{v:.2f}" if isinstance(v, float) else str(v)
+        lines.append(f"| {g['measure']} | {shown} | {g['goal']} | "
+                     f"{'—' if g['met'] is None else 'yes' if g['met'] else '**no**'} |")
+    return "\n".join(lines)
 
 
 def figure(res: dict, path: Path) -> None:

@@ -53,7 +53,8 @@ class Format:
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("gguf", "edgeport.export.gguf_export:GGUFExporter",
-           own_options={"calibration": "--calibration", "imatrix": "--no-imatrix", "imatrix_file": "--imatrix"},
+           own_options={"calibration": "--calibration", "imatrix": "--no-imatrix", "imatrix_file": "--imatrix",
+                        "imatrix_tokens": "--imatrix-tokens"},
            label="GGUF targets (cpu, apple)"),
     Format("hf-mxfp4", "edgeport.export.vllm_export:VLLMExporter"),
     Format("onnx", "edgeport.export.onnx_export:OnnxExporter"),

@@ -21,7 +21,9 @@ from .gguf_convert import write_gguf
 from .gguf_quantize import llama_cpp_versions, quantize, summarize, tensor_types
 from .imatrix import (
     CHUNK,
+    DEFAULT_BUDGET_TOKENS,
     IMatrix,
+    budget_chunks,
     cache_dir,
     cache_key,
     cache_lookup,
@@ -64,7 +66,15 @@ class GGUFExporter(ExporterBase):
         required by the i-quants, refused where the scheme takes none. Checked before any work,
         so a contradiction costs nothing."""
         scheme, on, calibration = job.quantization, job.policy.get("imatrix"), job.policy.get("calibration")
-        given = job.policy.get("imatrix_file")
+        given, budget = job.policy.get("imatrix_file"), job.policy.get("imatrix_tokens")
+        if budget is not None:
+            if budget < 0:
+                raise QuantizationError(f"--imatrix-tokens takes a number of tokens >= 0, not {budget}")
+            if given or on is False or scheme not in IMATRIX_DEFAULT:
+                raise QuantizationError("--imatrix-tokens sets how much calibration text a computed importance matrix "
+                                        "runs; it does not apply with " + ("--imatrix" if given else "--no-imatrix"
+                                        if on is False else f"{scheme}, quantized without one"))
+            budget_chunks(budget)
         if given and on is False:
             raise QuantizationError("--imatrix gives an importance matrix, which --no-imatrix turns off; "
                                     "give one or the other")
@@ -99,21 +109,23 @@ class GGUFExporter(ExporterBase):
         calibration = load_calibration(job.policy.get("calibration")) if wanted and not given else None
         with step(f"converting {job.src.name} to GGUF {job.profile.unquantized}"):
             f16 = self.unquantized(job, work)
+        keep, quant_input, pattern = {}, f16, self.expert_pattern(job.arch)
+        variant = self.variant(job)
+        if ((variant == "mxfp4-source" and job.policy.get("keep_mxfp4_experts", True))
+                or variant == "bf16-experts-mxfp4"):
+            keep[pattern] = gguf.GGMLQuantizationType.MXFP4
         imatrix, origin = None, None
         if user is not None:
             imatrix, origin = use_given(user, Path(given), f16, out / IMATRIX_FILE)
-        elif calibration is not None:
-            imatrix, origin = cached_imatrix(job, f16, calibration, out / IMATRIX_FILE)
-        keep, quant_input, pattern = {}, f16, self.expert_pattern(job.arch)
-        variant = self.variant(job)
-        if variant == "mxfp4-source" and job.policy.get("keep_mxfp4_experts", True):
-            keep[pattern] = gguf.GGMLQuantizationType.MXFP4
-        elif variant == "bf16-experts-mxfp4":
+        elif calibration is not None:  # what is kept as it is needs no matrix: not measured
+            imatrix, origin = cached_imatrix(job, f16, calibration, out / IMATRIX_FILE,
+                                             budget_chunks(job.policy.get("imatrix_tokens", DEFAULT_BUDGET_TOKENS)),
+                                             skip="|".join(keep) or None)
+        if variant == "bf16-experts-mxfp4":
             quant_input = work / f"{job.src.name}-F16-experts-MXFP4.gguf"
             with step("quantizing experts to MXFP4 (OCP rule, round-to-nearest-even)"):
                 write_gguf(job.src, job.arch, quant_input, file_type=job.profile.unquantized,
                            experts_to_mxfp4=True, progress=job.progress)
-            keep[pattern] = gguf.GGMLQuantizationType.MXFP4
         final = out / f"{job.src.name}-{scheme}.gguf"
         with step(f"quantizing with llama.cpp to {scheme}" + (" with the importance matrix" if imatrix else "")
                   + (" (experts kept MXFP4)" if keep else "")):
@@ -132,8 +144,8 @@ class GGUFExporter(ExporterBase):
             n = sum(1 for t in types if re.match(pattern, t.name))
             msgs.append(f"{n} expert tensors kept in MXFP4 (bit-exact with the "
                         f"{'source' if variant == 'mxfp4-source' else 'MXFP4 quantizer'}), "
-                        f"not {summary['main_type']}" + ("; the importance matrix does not apply to them"
-                                                         if imatrix else ""))
+                        f"not {summary['main_type']}"
+                        + ("; the importance matrix neither applies to them nor measures them" if imatrix else ""))
         return Built(
             runtime={"name": self.runtime, "model_file": final.name, "options": job.profile.runtime_options},
             quantization={"requested": scheme, "variant": variant,
@@ -145,25 +157,26 @@ class GGUFExporter(ExporterBase):
         )
 
 
-def imatrix_key_parts(job: Job, model: Path, calibration, max_chunks: int | None = None) -> dict:
+def imatrix_key_parts(job: Job, model: Path, calibration, max_chunks: int | None = None,
+                      skip: str | None = None) -> dict:
     """What determines the importance matrix's bytes: the source's content (the digest the
     manifest records), the unquantized GGUF it runs (its type and tensor layout: which weights
     are measured, at what sizes; not its temp path), the calibration text, the chunk size and
-    budget, and the llama.cpp build that runs it (version, ggml, the CPU features its kernels
-    use). The experts' MXFP4 policy (bf16_experts) is not in it: the matrix is measured on the
-    same unquantized GGUF either way."""
+    budget, the weights left unmeasured (`skip`: those the quantizer keeps as they are), and the
+    llama.cpp build that runs it (version, ggml, the CPU features its kernels use)."""
     tools = llama_cpp_versions()
     return {"source": mf.source_digest(job.src.checksums()), "unquantized": job.profile.unquantized,
             "tensors": tensor_layout_digest(model), "calibration": calibration.sha256, "chunk_size": CHUNK,
-            "max_chunks": max_chunks,
+            "max_chunks": max_chunks, "skip": skip,
             "llama.cpp": {k: tools.get(k) for k in ("llama-cpp-python", "ggml", "llama.cpp_system_info")}}
 
 
-def cached_imatrix(job: Job, model: Path, calibration, dest: Path) -> tuple[IMatrix, dict]:
+def cached_imatrix(job: Job, model: Path, calibration, dest: Path, max_chunks: int | None = None,
+                   skip: str | None = None) -> tuple[IMatrix, dict]:
     """The importance matrix of `model` on the calibration text, from the cache when this
     (source, calibration, chunks, llama.cpp) was measured before, else computed and cached;
     written to `dest` (it ships in the artifact). Returns it and how it was obtained."""
-    parts = imatrix_key_parts(job, model, calibration)
+    parts = imatrix_key_parts(job, model, calibration, max_chunks, skip)
     key = cache_key(parts)
     hit = cache_lookup(key)
     if hit is not None:
@@ -175,7 +188,7 @@ def cached_imatrix(job: Job, model: Path, calibration, dest: Path) -> tuple[IMat
         console.print(f"importance matrix: reused from the cache ({imatrix.chunk_count} chunks of "
                       f"{calibration.name}, computed in {meta.get('seconds')} s; key {key[:12]})", highlight=False)
         return imatrix, {"origin": "cache", "cached": True, "cache_key": key}
-    imatrix = compute_imatrix(job, model, calibration, dest)
+    imatrix = compute_imatrix(job, model, calibration, dest, max_chunks, skip)
     stored = cache_store(key, dest, {"key": parts, "seconds": imatrix.seconds, "chunks": imatrix.chunk_count,
                                      "model": job.src.name, "dataset": calibration.name})
     if stored is None:
@@ -202,7 +215,8 @@ def use_given(user: IMatrix, given: Path, model: Path, dest: Path) -> tuple[IMat
                             "(sums and counts × 512)" if user.legacy else None}}
 
 
-def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
+def compute_imatrix(job: Job, model: Path, calibration, dest: Path, max_chunks: int | None = None,
+                    skip: str | None = None) -> IMatrix:
     """The importance matrix of `model` (the unquantized GGUF) on the calibration text, written
     to `dest` (it ships in the artifact), with progress."""
     state: dict = {"task": None, "tenth": -1}
@@ -216,7 +230,7 @@ def compute_imatrix(job: Job, model: Path, calibration, dest: Path) -> IMatrix:
             console.print(f"  importance matrix: {done}/{total} chunks", highlight=False)
 
     with step(f"importance matrix: {job.src.name} on {calibration.name} (chunks of 512 tokens)"):
-        imatrix = compute(model, calibration, on_chunk=on_chunk)
+        imatrix = compute(model, calibration, on_chunk=on_chunk, max_chunks=max_chunks, skip=skip)
         imatrix.write(dest)
     console.print(f"importance matrix: {imatrix.chunk_count} chunks, {imatrix.tokens} tokens of {calibration.name}, "
                   f"{len(imatrix.sums)} weights, {imatrix.seconds:.1f} s", highlight=False)

@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import time
@@ -45,10 +46,15 @@ from edgeport.core.source import sha256_file
 
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "calibration.jsonl"
 CHUNK = 512  # llama-imatrix's default context (-c 512): one chunk of calibration text per pass
+# the default budget: calibration tokens the matrix runs (whole chunks). Chosen from the measured
+# quality-vs-budget curve (benchmarking/imatrix_quality.py --chunks, README "importance matrix
+# budget"): past it the quantized model's KL no longer improves on the bundled models, and each
+# 512-token chunk costs ~80 s on 2 cores at gpt-oss-20b's size
+DEFAULT_BUDGET_TOKENS = 4096
 MIN_ROWS = 16  # llama-imatrix ignores dense matmuls of fewer rows (single-token decode steps)
 FILE_NAME = "imatrix.gguf"
 CACHE_ENV = "EDGEPORT_IMATRIX_CACHE"  # where computed matrices are kept (default: cache_dir())
-COLLECTOR = 1  # what compute() collects and how: part of every cache key; bump it when that changes
+COLLECTOR = 2  # what compute() collects and how: part of every cache key; bump it when that changes
 
 
 @dataclass(frozen=True)
@@ -386,8 +392,8 @@ def _accumulate(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 class _Collector:
-    def __init__(self, mul_mat: int, mul_mat_id: int):
-        self.mul_mat, self.mul_mat_id = mul_mat, mul_mat_id
+    def __init__(self, mul_mat: int, mul_mat_id: int, skip: re.Pattern | None = None):
+        self.mul_mat, self.mul_mat_id, self.skip = mul_mat, mul_mat_id, skip
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
@@ -404,11 +410,13 @@ class _Collector:
         return True
 
     def wants(self, t: _Tensor) -> bool:
-        if t.op == self.mul_mat_id:
-            return True
-        if t.op != self.mul_mat:
+        if t.op not in (self.mul_mat, self.mul_mat_id):
             return False
         src0, src1 = _Tensor.from_address(t.src[0]), _Tensor.from_address(t.src[1])
+        if self.skip is not None and self.skip.match(_weight_name(src0.name)):
+            return False  # kept as it is by the quantizer: a matrix would not be used
+        if t.op == self.mul_mat_id:
+            return True
         if src1.ne[1] < MIN_ROWS or src1.type != GGML_TYPE_F32:
             return False
         return _weight_name(src0.name).startswith("blk.")
@@ -467,13 +475,25 @@ def _tokenize(lc, vocab, text: str) -> list[int]:
     return list(buf[:got])
 
 
+def budget_chunks(tokens: int | None) -> int | None:
+    """512-token chunks for a budget in tokens (None or 0: the whole calibration set)."""
+    if not tokens:
+        return None
+    if tokens < 2 * CHUNK:
+        raise CalibrationError(f"an importance-matrix budget of {tokens} tokens is less than two chunks of {CHUNK}")
+    return tokens // CHUNK
+
+
 def compute(model_path: Path, calibration: Calibration, *, chunk_size: int = CHUNK, max_chunks: int | None = None,
-            threads: int | None = None, on_chunk=None) -> IMatrix:
+            threads: int | None = None, on_chunk=None, skip: str | None = None) -> IMatrix:
     """Run `model_path` (an unquantized GGUF) over the calibration text and collect the imatrix.
     At least two chunks of text are needed (llama-imatrix's rule); `on_chunk(done, total)`
-    reports progress. Raises CalibrationError for too little text."""
+    reports progress. Weights whose GGUF name matches `skip` (a regex: those the quantizer keeps
+    as they are, e.g. gpt-oss's MXFP4 experts) are not measured: each measured matmul stops
+    llama.cpp's graph to hand its activations over, and the MoE ones cost most. Raises
+    CalibrationError for too little text."""
     lc = require_llama_cpp()
-    collector = _Collector(*_ops(lc))
+    collector = _Collector(*_ops(lc), skip=re.compile(skip) if skip else None)
     t0 = time.monotonic()
     with model_params(lc, extra_bufts_enabled()), LlamaLog() as log:
         model = lc.llama_model_load_from_file(str(model_path).encode(), lc.llama_model_default_params())

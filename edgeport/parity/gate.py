@@ -38,7 +38,9 @@ class Scored(Protocol):
     def logits(self, token_ids: Sequence[int]) -> np.ndarray: ...
     def greedy(self, token_ids: Sequence[int], n: int) -> list[int]: ...
     # optional: prepare(all_ids, greedy=short_ids, greedy_tokens=n), called once before the
-    # prompts are scored, for a runtime that computes them all in one pass over its weights
+    # prompts are scored, for a runtime that computes them all in one pass over its weights;
+    # optional: forced_greedy = True, for a runtime whose own greedy decode costs a pass over all
+    # its weights per token: the gate then scores the other side's continuation teacher-forced
 
 
 def load_evalset(path: Path = EVALSET) -> tuple[list[dict], str]:
@@ -58,22 +60,26 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
     greedy: dict[str, list[int]] = {s: [] for s in stages}
     long_lengths = []
     all_ids = [ref.encode(p["text"])[:max_tokens] for p in prompts]
-    for rt in runtimes.values():  # a runtime that scores best in one pass (the streamed reference)
+    short = [i for i, p in zip(all_ids, prompts, strict=True) if p["kind"] == "short"]
+    forced = {role for role, rt in runtimes.items() if getattr(rt, "forced_greedy", False)}
+    conts: dict[tuple[str, tuple[int, ...]], list[int]] = {
+        (role, tuple(ids)): rt.greedy(ids, greedy_tokens)
+        for role, rt in runtimes.items() if role not in forced for ids in short}
+    for role, rt in runtimes.items():  # a runtime that scores best in one pass (the streamed reference)
         if callable(getattr(rt, "prepare", None)):
-            rt.prepare(all_ids, greedy=[i for i, p in zip(all_ids, prompts, strict=True) if p["kind"] == "short"],
-                       greedy_tokens=greedy_tokens)
+            extra = ([list(k[1]) + c[:-1] for k, c in conts.items() if c] if role in forced else [])
+            rt.prepare(all_ids + extra, greedy=[] if role in forced else short,
+                       greedy_tokens=0 if role in forced else greedy_tokens)
     for p, ids in zip(prompts, all_ids, strict=True):
         if p["kind"] == "long":
             long_lengths.append(len(ids))
         if on_prompt:
             on_prompt(p["id"])
         logits = {role: rt.logits(ids) for role, rt in runtimes.items()}
-        conts = ({role: rt.greedy(ids, greedy_tokens) for role, rt in runtimes.items()}
-                 if p["kind"] == "short" else {})
         for s, (a, b) in stages.items():
             comps[s].append(compare_logits(p["id"], p["kind"], ids, logits[a], logits[b]))
-            if conts:
-                greedy[s].append(greedy_match(conts[a], conts[b]))
+            if p["kind"] == "short":
+                greedy[s].append(_greedy_agreement(runtimes, forced, conts, a, b, ids))
         del logits
     report_stages = {}
     for s, (a, b) in stages.items():
@@ -94,6 +100,23 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
         "stages": report_stages, "passed": all(r["passed"] for r in report_stages.values()),
         "notes": all_notes,
     }
+
+
+def _greedy_agreement(runtimes: dict[str, Scored], forced: set[str], conts: dict, a: str, b: str,
+                      ids: list[int]) -> int:
+    """How many greedy tokens of `a` and `b` agree before they first differ. Where one side is
+    `forced`, its greedy tokens are never generated: it scores the other side's continuation
+    teacher-forced, and they agree up to the first position where its argmax differs from that
+    continuation's token (until then its own greedy context is exactly that continuation)."""
+    if a in forced and b in forced:
+        raise ValueError(f"both {a} and {b} score teacher-forced: one must generate")
+    if a not in forced and b not in forced:
+        return greedy_match(conts[(a, tuple(ids))], conts[(b, tuple(ids))])
+    scorer, cont = (a, conts[(b, tuple(ids))]) if a in forced else (b, conts[(a, tuple(ids))])
+    if not cont:
+        return 0
+    picks = runtimes[scorer].logits(list(ids) + cont[:-1])[len(ids) - 1:].argmax(-1)
+    return greedy_match([int(t) for t in picks], cont)
 
 
 def drift_line(report: dict, stage: str = "fidelity") -> str | None:

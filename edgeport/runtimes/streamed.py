@@ -8,13 +8,17 @@ it. The math is transformers' (its decoder layer, rotary module, causal / slidin
 KV cache and MXFP4 dequantization), so the result is transformers' by construction; only the
 order of the loops changes (layers outside, sequences inside).
 
-Memory: one layer's weights, the hidden states of the sequences being scored, and the lm_head in
-its stored dtype (logits are computed in float32 chunks of the vocabulary when asked). MoE
-experts are filled lazily, only those the router picks (a decode step over a few short prompts
-touches a fraction of them); unpicked experts are untouched zero pages.
+Memory: one layer's weights less its experts, one expert dequantized at a time (gpt-oss-20b:
+~100 MB in float32, against 3.2 GB for a layer's 32), the hidden states of the sequences being
+scored; of the lm_head only a float32 chunk of rows while logits are computed (read from the
+checkpoint each time: the page cache keeps it). An experts module runs transformers' own experts forward on a one-expert
+copy of itself, once per expert the router picked, in transformers' order (experts ascending,
+tokens by top-k slot), so the arithmetic is the same.
 
 `prepare(prompts, greedy=..., greedy_tokens=n)` scores many prompts in one pass over the layers
 (and their greedy continuations in n passes); `logits` / `greedy` then answer from what it kept.
+The gate never asks it for greedy tokens (`forced_greedy`): it scores each candidate's greedy
+continuation teacher-forced in the same single pass, which gives the same match length.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def _is_experts(module) -> bool:
 
 class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
     name = "transformers-streamed"
+    # the gate scores candidates' greedy continuations teacher-forced in the one pass of `prepare`
+    # instead of asking for this runtime's own (one more pass over every layer per token)
+    forced_greedy = True
 
     def __init__(self, root: str | Path, info: ModelInfo | None = None, dtype: str = "float32"):
         import torch
@@ -71,16 +78,15 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         self.rotary = type(base.rotary_emb)(config=self.config)  # on CPU: its buffers are computed
         base.norm.to_empty(device="cpu")
         self._fill(base.norm, "model.norm.")
-        self._lm_head = None
         self._embed_name = "model.embed_tokens.weight"
         self._head_name = ("lm_head.weight" if "lm_head.weight" in self.src or
                            not getattr(self.config, "tie_word_embeddings", False) else self._embed_name)
-        self._experts_loaded: dict[int, set[int]] = {}
+        self._one_expert = None  # a one-expert experts module, refilled for each routed expert
         for i, layer in enumerate(base.layers[: self.config.num_hidden_layers]):
             for mname, mod in layer.named_modules():
                 if _is_experts(mod):
-                    mod.register_forward_pre_hook(self._experts_hook(i, f"model.layers.{i}.{mname}."),
-                                                  with_kwargs=True)
+                    mod.forward = self._experts_forward(mod, f"model.layers.{i}.{mname}.")
+        self.experts_run = 0  # experts dequantized and run, for tests and measurements
         self._hidden: dict[tuple[int, ...], object] = {}
         self._greedy: dict[tuple[tuple[int, ...], int], list[int]] = {}
         self.layers_run = 0  # layer materializations, for tests and measurements
@@ -110,31 +116,49 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         layer = self.model.model.layers[i]
         layer.to_empty(device="cpu")
         lazy = self._lazy_names(layer)
-        for full in lazy:  # zero pages until the router picks an expert (see _experts_hook)
+        for full in lazy:  # never held whole: one expert at a time (see _experts_forward)
             mname, pname = full.rsplit(".", 1)
-            mod = layer.get_submodule(mname)
-            shape = tuple(getattr(mod, pname).shape)
-            mod._parameters[pname] = torch.nn.Parameter(torch.zeros(shape), requires_grad=False)
-        self._experts_loaded[i] = set()
+            layer.get_submodule(mname)._parameters[pname] = torch.nn.Parameter(torch.empty(0), requires_grad=False)
         self._fill(layer, f"model.layers.{i}.", lazy)
         self.layers_run += 1
         return layer
 
     def _free_layer(self, i: int) -> None:
         self.model.model.layers[i].to_empty(device="meta")
-        self._experts_loaded.pop(i, None)
 
-    def _experts_hook(self, i: int, prefix: str):
-        def hook(module, args, kwargs):
-            idx = args[1] if len(args) > 1 else kwargs.get("router_indices", kwargs.get("top_k_index"))
-            wanted = (set(range(module.num_experts)) if idx is None else
-                      {int(e) for e in self.torch.unique(idx) if 0 <= int(e) < module.num_experts})
-            for e in sorted(wanted - self._experts_loaded[i]):
-                for pname in ("gate_up_proj", "down_proj"):
-                    with self.torch.no_grad():
-                        getattr(module, pname)[e].copy_(self._expert(prefix + pname, e))
-                self._experts_loaded[i].add(e)
-        return hook
+    def _experts_forward(self, module, prefix: str):
+        """transformers' experts forward, run on a one-expert copy of `module` for each expert the
+        router picked: only that expert is dequantized; the sum is accumulated as transformers does."""
+        torch = self.torch
+
+        def forward(hidden_states, router_indices=None, routing_weights=None):
+            one = self._one(module)
+            out = torch.zeros_like(hidden_states)
+            for e in torch.unique(router_indices).tolist():  # ascending, as transformers' expert_hit
+                if not 0 <= e < module.num_experts:
+                    continue
+                top_k_pos, token_idx = torch.where(router_indices.T == e)  # transformers' order
+                with torch.no_grad():
+                    one.gate_up_proj[0].copy_(self._expert(prefix + "gate_up_proj", e))
+                    one.down_proj[0].copy_(self._expert(prefix + "down_proj", e))
+                    one.gate_up_proj_bias[0].copy_(module.gate_up_proj_bias[e])
+                    one.down_proj_bias[0].copy_(module.down_proj_bias[e])
+                weights = routing_weights[token_idx, top_k_pos][:, None]
+                part = one(hidden_states[token_idx], torch.zeros_like(token_idx)[:, None], weights)
+                out.index_add_(0, token_idx, part.to(hidden_states.dtype))
+                self.experts_run += 1
+            return out
+        return forward
+
+    def _one(self, module):
+        if self._one_expert is None:
+            import copy
+
+            cfg = copy.deepcopy(self.config)
+            cfg.num_local_experts = 1
+            with self.torch.device("cpu"):
+                self._one_expert = type(module)(cfg).eval()
+        return self._one_expert
 
     def _expert(self, name: str, e: int):
         """Expert e of a stacked expert tensor, float32, in the layout the model's parameter has:
@@ -153,20 +177,16 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         rows = {t: self._tensor(self._embed_name, slice(t, t + 1))[0] for t in uniq}
         return self.torch.stack([rows[t] for t in ids])[None]
 
-    def _head(self):
-        if self._lm_head is None:  # stored dtype (bf16: half of float32), widened per chunk
-            raw = self.src.read_raw(self._head_name)
-            self._lm_head = (self.torch.from_numpy(raw).view(self.torch.bfloat16)
-                             if self.src.entry(self._head_name).dtype == "BF16" else self.torch.from_numpy(raw))
-        return self._lm_head
-
     def _logits(self, hidden):
-        """float32 logits [T, vocab] of final-norm hidden states [T, H]."""
+        """float32 logits [T, vocab] of final-norm hidden states [T, H]; the lm_head is read from
+        the checkpoint a float32 chunk of rows at a time (the page cache keeps it warm), never held
+        whole: gpt-oss-20b's is 1.2 GB in bf16."""
         torch = self.torch
-        w = self._head()
-        out = torch.empty((hidden.shape[0], w.shape[0]), dtype=torch.float32)
-        for r0 in range(0, w.shape[0], LOGIT_ROWS):
-            out[:, r0:r0 + LOGIT_ROWS] = torch.nn.functional.linear(hidden, w[r0:r0 + LOGIT_ROWS].float())
+        rows = self.src.entry(self._head_name).shape[0]
+        out = torch.empty((hidden.shape[0], rows), dtype=torch.float32)
+        for r0 in range(0, rows, LOGIT_ROWS):
+            w = self._tensor(self._head_name, slice(r0, min(rows, r0 + LOGIT_ROWS)))
+            out[:, r0:r0 + w.shape[0]] = torch.nn.functional.linear(hidden, w)
         return out
 
     # --- the pass over the layers ---------------------------------------------------------------
@@ -270,4 +290,3 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
     def close(self) -> None:
         self._hidden.clear()
         self._greedy.clear()
-        self._lm_head = None
