@@ -68,6 +68,21 @@ def test_extra_bufts_choice(monkeypatch, env, amx, expected):
     assert extra_bufts_enabled() is expected
 
 
+def test_a_model_too_big_to_copy_stays_mapped(monkeypatch, tmp_path):
+    """Repacking copies a model's weights into anonymous memory: a file over REPACK_MAX_SHARE of
+    physical memory is loaded memory-mapped on any CPU (unless the environment insists)."""
+    monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: False)
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(llama_log, "_physical_bytes", lambda: 8000)
+    small, big = tmp_path / "small.gguf", tmp_path / "big.gguf"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * 1001)
+    assert extra_bufts_enabled(small) is True and extra_bufts_enabled() is True
+    assert extra_bufts_enabled(big) is False
+    monkeypatch.setenv(ENV, "1")
+    assert extra_bufts_enabled(big) is True
+
+
 @pytest.fixture(scope="module")
 def q4_k_m(llama_dir, gguf_dir, tmp_path_factory):
     """Q4_K weights: the type llama.cpp repacks (and whose AMX path crashes)."""

@@ -6,7 +6,8 @@ AMX: on CPUs with Intel AMX, llama.cpp built with native flags repacks Q4_K weig
 its AMX buffer type and segfaults on the first matmul (ggml-org/llama.cpp#20824). Loads
 turn extra buffer types off on such CPUs (`use_extra_bufts = False`, `model_params`), which
 keeps the plain CPU kernels, and the command-line tools get their no-repack flags
-(core/llama_tools.py); EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns them back on.
+(core/llama_tools.py); EDGEPORT_LLAMA_EXTRA_BUFTS=1 turns them back on. In-process loads of a
+model too big to copy (`REPACK_MAX_SHARE`) keep it memory-mapped as well.
 """
 
 from __future__ import annotations
@@ -41,12 +42,26 @@ def cpu_has_amx() -> bool:
     return any(f in flags.split() for f in ("amx_tile", "amx_int8", "amx_bf16"))
 
 
-def extra_bufts_enabled() -> bool:
-    """Off on AMX CPUs unless EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of
-    "off" ("0", "false", "False", "no", "off") must stay off, or an AMX CPU crashes."""
+# a model file larger than this share of physical memory is not repacked in process: repacking
+# copies its weights into anonymous memory (gpt-oss-20b's MXFP4 experts: 10.5 GiB measured on an
+# AVX2 EPYC), where memory-mapped ones stay file-backed pages the kernel can drop; the export
+# holds the importance matrix's or two parity runtimes' models in one process
+REPACK_MAX_SHARE = 0.125
+
+
+def _physical_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def extra_bufts_enabled(model: Path | None = None) -> bool:
+    """Off on AMX CPUs, and for a `model` file over REPACK_MAX_SHARE of physical memory, unless
+    EDGEPORT_LLAMA_EXTRA_BUFTS says otherwise; any spelling of "off" ("0", "false", "False",
+    "no", "off") must stay off, or an AMX CPU crashes."""
     env = os.environ.get("EDGEPORT_LLAMA_EXTRA_BUFTS")
     if env is not None:
         return env.strip().lower() not in ("0", "", "false", "no", "off")
+    if model is not None and Path(model).stat().st_size > REPACK_MAX_SHARE * _physical_bytes():
+        return False
     return not cpu_has_amx()
 
 

@@ -495,7 +495,7 @@ def compute(model_path: Path, calibration: Calibration, *, chunk_size: int = CHU
     lc = require_llama_cpp()
     collector = _Collector(*_ops(lc), skip=re.compile(skip) if skip else None)
     t0 = time.monotonic()
-    with model_params(lc, extra_bufts_enabled()), LlamaLog() as log:
+    with model_params(lc, extra_bufts_enabled(model_path)), LlamaLog() as log:
         model = lc.llama_model_load_from_file(str(model_path).encode(), lc.llama_model_default_params())
     if not model:
         raise QuantizationError(f"llama.cpp cannot load {model_path.name}: {log.reason()}")

@@ -38,7 +38,7 @@ class LlamaCppRuntime(Runtime):
             raise RuntimeUnavailable(f"GGUF file not found: {self.path}")
         self.n_ctx = min(n_ctx, train_context(self.path) or n_ctx)
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
-        self.extra_bufts = extra_bufts_enabled()
+        self.extra_bufts = extra_bufts_enabled(self.path)
         self._gen = self._load(logits_all=False, n_ctx=n_ctx)
         self._scorer = None
         super().__init__(info or self._info_from_gguf())
