@@ -40,7 +40,7 @@ import numpy as np
 
 from edgeport.core.atomic import atomic_file, raise_pending, write_json
 from edgeport.core.errors import CalibrationError, QuantizationError
-from edgeport.core.llama_log import LlamaLog, extra_bufts_enabled, model_params, require_llama_cpp
+from edgeport.core.llama_log import LlamaLog, extra_bufts_enabled, require_llama_cpp
 from edgeport.core.llama_tools import cache_root
 from edgeport.core.source import sha256_file
 
@@ -495,8 +495,12 @@ def compute(model_path: Path, calibration: Calibration, *, chunk_size: int = CHU
     lc = require_llama_cpp()
     collector = _Collector(*_ops(lc), skip=re.compile(skip) if skip else None)
     t0 = time.monotonic()
-    with model_params(lc, extra_bufts_enabled(model_path)), LlamaLog() as log:
-        model = lc.llama_model_load_from_file(str(model_path).encode(), lc.llama_model_default_params())
+    params = lc.llama_model_default_params()
+    # set here, not through model_params(): that patches llama_cpp.llama_cpp's function, which
+    # llama_cpp.Llama calls; the package's top-level name is another binding and stays unpatched
+    params.use_extra_bufts = extra_bufts_enabled(model_path)
+    with LlamaLog() as log:
+        model = lc.llama_model_load_from_file(str(model_path).encode(), params)
     if not model:
         raise QuantizationError(f"llama.cpp cannot load {model_path.name}: {log.reason()}")
     ctx = batch = None
