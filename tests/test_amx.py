@@ -126,3 +126,24 @@ def test_extra_bufts_setting_reaches_llama_cpp(q4_k_m, env):
         assert bufs & EXTRA, f"extra buffer types on, but llama.cpp used only {sorted(bufs)}"
     else:
         assert not bufs & EXTRA, f"extra buffer types off, but llama.cpp used {sorted(bufs & EXTRA)}"
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_importance_matrix_load_takes_the_choice(monkeypatch, llama_dir, gguf_dir, on):
+    """The importance matrix loads through the binding's C API, not llama_cpp.Llama: the choice
+    must reach the params it passes (model_params() patches another binding of the defaults)."""
+    import llama_cpp
+
+    from edgeport.export import imatrix
+
+    seen = []
+    real = llama_cpp.llama_model_load_from_file
+
+    def spy(path, params):
+        seen.append(bool(params.use_extra_bufts))
+        return real(path, params)
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", spy)
+    monkeypatch.setattr(imatrix, "extra_bufts_enabled", lambda model=None: on)
+    imatrix.compute(gguf_of(llama_dir, gguf_dir), imatrix.load_calibration(), max_chunks=2)
+    assert seen == [on]
