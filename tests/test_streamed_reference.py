@@ -175,6 +175,9 @@ def test_gate_greedy_figures_equal_with_teacher_forcing(model, request):
     assert (sb["greedy_match_mean"], sb["greedy_match_min"]) == (sa["greedy_match_mean"], sa["greedy_match_min"])
     assert sb["mean_kl"] == pytest.approx(sa["mean_kl"], rel=1e-4)
     assert streamed.layers_run == streamed.config.num_hidden_layers  # one pass, no greedy passes
+    n_experts = getattr(streamed.config, "num_local_experts", 0)
+    # each routed expert dequantized once per layer for all the prompts, not once per prompt
+    assert streamed.experts_run <= streamed.config.num_hidden_layers * n_experts, streamed.experts_run
 
 
 @pytest.mark.slow

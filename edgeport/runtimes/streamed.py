@@ -87,6 +87,8 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
                 if _is_experts(mod):
                     mod.forward = self._experts_forward(mod, f"model.layers.{i}.{mname}.")
         self.experts_run = 0  # experts dequantized and run, for tests and measurements
+        self._record: list | None = None  # see _run: the experts' inputs of a layer's first pass
+        self._replay: list | None = None  # and their outputs, for its second
         self._hidden: dict[tuple[int, ...], object] = {}
         self._greedy: dict[tuple[tuple[int, ...], int], list[int]] = {}
         self.layers_run = 0  # layer materializations, for tests and measurements
@@ -127,28 +129,46 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         self.model.model.layers[i].to_empty(device="meta")
 
     def _experts_forward(self, module, prefix: str):
-        """transformers' experts forward, run on a one-expert copy of `module` for each expert the
-        router picked: only that expert is dequantized; the sum is accumulated as transformers does."""
+        """The experts module's forward: run now (`_moe`), or, in `_run`'s two passes over a layer,
+        recorded on the first and answered from the batch computed between them on the second."""
         torch = self.torch
 
         def forward(hidden_states, router_indices=None, routing_weights=None):
-            one = self._one(module)
-            out = torch.zeros_like(hidden_states)
-            for e in torch.unique(router_indices).tolist():  # ascending, as transformers' expert_hit
-                if not 0 <= e < module.num_experts:
-                    continue
-                top_k_pos, token_idx = torch.where(router_indices.T == e)  # transformers' order
-                with torch.no_grad():
-                    one.gate_up_proj[0].copy_(self._expert(prefix + "gate_up_proj", e))
-                    one.down_proj[0].copy_(self._expert(prefix + "down_proj", e))
-                    one.gate_up_proj_bias[0].copy_(module.gate_up_proj_bias[e])
-                    one.down_proj_bias[0].copy_(module.down_proj_bias[e])
-                weights = routing_weights[token_idx, top_k_pos][:, None]
-                part = one(hidden_states[token_idx], torch.zeros_like(token_idx)[:, None], weights)
-                out.index_add_(0, token_idx, part.to(hidden_states.dtype))
-                self.experts_run += 1
-            return out
+            if self._record is not None:
+                self._record.append((module, prefix, hidden_states, router_indices, routing_weights))
+                return torch.zeros_like(hidden_states)
+            if self._replay is not None:
+                out, idx = self._replay.pop(0)
+                if not torch.equal(idx, router_indices):
+                    raise RuntimeError(f"{prefix}: the router chose other experts on the second pass")
+                return out
+            return self._moe(module, prefix, [(hidden_states, router_indices, routing_weights)])[0]
         return forward
+
+    def _moe(self, module, prefix: str, calls: list) -> list:
+        """transformers' experts forward for each call (hidden states, router indices, routing
+        weights), run on a one-expert copy of `module`: each expert the router picked in any call
+        is dequantized once, then applied to each call's tokens routed to it, and the sums are
+        accumulated per call as transformers does (experts ascending, tokens by top-k slot)."""
+        torch = self.torch
+        one = self._one(module)
+        outs = [torch.zeros_like(h) for h, _, _ in calls]
+        hit = sorted(set().union(*(torch.unique(idx).tolist() for _, idx, _ in calls)))
+        for e in hit:  # ascending, as transformers' expert_hit
+            if not 0 <= e < module.num_experts:
+                continue
+            with torch.no_grad():
+                one.gate_up_proj[0].copy_(self._expert(prefix + "gate_up_proj", e))
+                one.down_proj[0].copy_(self._expert(prefix + "down_proj", e))
+                one.gate_up_proj_bias[0].copy_(module.gate_up_proj_bias[e])
+                one.down_proj_bias[0].copy_(module.down_proj_bias[e])
+            self.experts_run += 1
+            for (h, idx, w), out in zip(calls, outs, strict=True):
+                top_k_pos, token_idx = torch.where(idx.T == e)  # transformers' order
+                if len(token_idx):
+                    part = one(h[token_idx], torch.zeros_like(token_idx)[:, None], w[token_idx, top_k_pos][:, None])
+                    out.index_add_(0, token_idx, part.to(h.dtype))
+        return outs
 
     def _one(self, module):
         if self._one_expert is None:
@@ -211,12 +231,28 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
                 states.append([h, pos, masks, self.rotary(h, pos)])
             for i in range(self.config.num_hidden_layers):
                 layer = self._load_layer(i)
+
+                def run_layer(s, st, i=i, layer=layer):
+                    h, pos, masks, pe = st
+                    return layer(h, attention_mask=masks[self.layer_types[i]], position_embeddings=pe,
+                                 position_ids=pos, cache=s.cache, use_cache=s.cache is not None)
                 try:
+                    # many sequences through a MoE layer: a first pass records what reaches the
+                    # experts, each expert is dequantized once for all of them, a second pass
+                    # uses the results (attention runs twice; a cache would be filled twice)
+                    if len(seqs) > 1 and self._lazy_names(layer) and all(s.cache is None for s in seqs):
+                        self._record = []
+                        for s, st in zip(seqs, states, strict=True):
+                            run_layer(s, st)
+                        rec, self._record = self._record, None
+                        if len({id(r[0]) for r in rec}) != 1:
+                            raise NotImplementedError("a layer with more than one experts module")
+                        outs = self._moe(rec[0][0], rec[0][1], [r[2:] for r in rec])
+                        self._replay = [(o, r[3]) for o, r in zip(outs, rec, strict=True)]
                     for s, st in zip(seqs, states, strict=True):
-                        h, pos, masks, pe = st
-                        st[0] = layer(h, attention_mask=masks[self.layer_types[i]], position_embeddings=pe,
-                                      position_ids=pos, cache=s.cache, use_cache=s.cache is not None)
+                        st[0] = run_layer(s, st)
                 finally:
+                    self._record = self._replay = None
                     self._free_layer(i)
             for s, st in zip(seqs, states, strict=True):
                 s.hidden = base.norm(st[0])[0]
