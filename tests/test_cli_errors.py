@@ -1,4 +1,4 @@
-"""Every user mistake on serve, run, chat, plan, push, pull and bench ends in one line on stderr and
+"""Every user mistake on serve, run, chat, plan, push, pull, deploy and bench ends in one line on stderr and
 exit 2, never a traceback: non-numbers, numbers out of range, missing files, bad URIs, unknown
 words, unknown flags, missing options. Each is caught before any model loads, so the whole table
 runs in seconds (the commands run as real subprocesses: `invoke …` in the checkout, the `edgeport` console
@@ -126,6 +126,17 @@ CASES = [
     ("pull-layout-missing", [*INVOKE, "pull", "--from", f"file://{MISSING}", "--out", "{new}"], MISSING),
     ("pull-uri-oci-port", [*INVOKE, "pull", "--from", "oci://localhost:99999/repo:tag", "--out", "{new}"], "registry"),
     ("pull-no-out", [*INVOKE, "pull", "--from", "file:///tmp/x"], "out"),
+    # invoke deploy
+    ("deploy-image-tag-only", [*INVOKE, "deploy", "--artifact", "{art}", "--to", "kserve", "--device", "1x-l4",
+                               "--modelcar", "oci://127.0.0.1:1/m:v1", "--image", "ghcr.io/ggml-org/llama.cpp:server",
+                               "--out", "{new}"], "llama.cpp:server"),
+    ("deploy-to-unknown", [*INVOKE, "deploy", "--artifact", "{art}", "--to", "helm", "--device", "1x-l4",
+                           "--modelcar", "oci://127.0.0.1:1/m:v1", "--out", "{new}"], "helm"),
+    ("deploy-replicas-zero", [*INVOKE, "deploy", "--artifact", "{art}", "--to", "kserve", "--device", "1x-l4",
+                              "--modelcar", "oci://127.0.0.1:1/m:v1", "--replicas", "0", "--out", "{new}"],
+     "--replicas"),
+    ("deploy-no-modelcar", [*INVOKE, "deploy", "--artifact", "{art}", "--to", "kserve", "--device", "1x-l4"],
+     "modelcar"),
     # invoke bench
     ("bench-nothing", [*INVOKE, "bench"], "--artifact"),
     ("bench-artifact-missing", [*INVOKE, "bench", "--artifact", MISSING], MISSING),
@@ -215,6 +226,7 @@ HELP = {
     "plan": ["--device", "--model", "--target", "--context", "gpt-oss-20b"],
     "push": ["--artifact", "--to", "--force"],
     "pull": ["--from", "--out", "--force"],
+    "deploy": ["--artifact", "--from", "--to", "--device", "--modelcar", "--image", "--replicas", "--out"],
     "tools": ["--build", "--force"],
     "toolenvs": ["--setup", "--clear", "--clear-all"],
     "models": ["--force"],

@@ -29,8 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "planning": {"core", "targets", "export"},
     "serving": {"core", "runtimes"},
     "benchmarking": {"core", "runtimes", "parity", "publishing", "targets", "export", "planning", "serving"},
+    "deploying": {"core", "publishing", "planning", "export"},
     "cli": {"core", "runtimes", "parity", "publishing", "targets", "export", "planning", "serving",
-            "benchmarking"},
+            "benchmarking", "deploying"},
 }
 for _room, _deps in ALLOWED.items():
     if _room not in ("core", "models"):

@@ -225,7 +225,7 @@ def test_every_edgeport_command_and_option_exists(wf):
 
 def test_invoke_in_a_checkout_lists_the_edgeport_commands_and_the_chores():
     commands = _listed([*EDGEPORT, "--help"])
-    assert {"export", "parity", "run", "chat", "serve", "show", "bench", "plan", "push", "pull", "tools",
+    assert {"export", "parity", "run", "chat", "serve", "show", "bench", "plan", "push", "pull", "deploy", "tools",
             "toolenvs", "models"} <= commands
     assert _listed([sys.executable, "-m", "invoke", "--list"]) == commands | {"test", "lint", "bench-export",
                                                                              "bench-requant"}

@@ -13,13 +13,14 @@ from edgeport import __version__
 from .bench import bench
 from .build import export, models, parity, toolenvs, tools
 from .common import one_line_usage_errors
+from .deploy import deploy
 from .generate import chat, run, serve
 from .plan import plan
 from .ship import pull, push, show
 
 one_line_usage_errors()
 
-TASKS = (export, parity, run, chat, serve, show, bench, plan, push, pull, tools, toolenvs, models)
+TASKS = (export, parity, run, chat, serve, show, bench, plan, push, pull, deploy, tools, toolenvs, models)
 namespace = Collection(*TASKS)
 
 def help_first(argv: list[str], namespace: Collection) -> list[str]:

@@ -21,10 +21,12 @@ from .common import cli, number, plan_model
     "llama_server": "GGUF: plan for llama-server/llama-cli defaults (flash attention, small SWA cache) instead of "
                     "edgeport's llama-cpp-python runtime",
     "json_": "print the plan as JSON (fields: README, Planning memory)",
+    "cluster": "vLLM on Kubernetes nodes of this profile: the tensor-parallel size over a node's GPUs and the "
+               "pipeline-parallel size over nodes that make the model fit, with the reason",
 })
 @cli
 def plan(c, device, model, target=None, context=None, concurrency=1, quantization=None, llama_server=False,
-         json_=False):
+         json_=False, cluster=False):
     """Will the model fit the device? Weights, KV cache and runtime buffers from config.json alone, and what to
     change when it does not fit (context, --n-cpu-moe, n_gpu_layers, tensor parallelism, target)."""
     from edgeport.planning.memory import plan as make_plan
@@ -32,6 +34,16 @@ def plan(c, device, model, target=None, context=None, concurrency=1, quantizatio
 
     context = None if context is None else number("context", context, least=1)
     concurrency = number("concurrency", concurrency, least=1)
+    if cluster:
+        from edgeport.planning.parallel import layout
+
+        lay = layout(plan_model(model), device, context=context, concurrency=concurrency)
+        if json_:
+            print(json.dumps({**lay.to_json(), "plan": lay.plan.to_json()}, indent=2))
+        else:
+            print(f"vLLM on {device}: --tensor-parallel-size {lay.tensor} --pipeline-parallel-size {lay.pipeline} "
+                  f"({lay.nodes} node(s), {lay.gpus} GPU(s))\n{lay.reason}")
+        return
     p = make_plan(plan_model(model), device, target=target, context=context, concurrency=concurrency,
                   quantization=quantization, llama_server=llama_server)
     if json_:

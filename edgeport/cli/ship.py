@@ -20,15 +20,21 @@ URI_HELP = ("hf://org/name[@revision] (Hugging Face Hub; HF_TOKEN), oci://host[:
     "force": "push even if the artifact's parity failed or is missing, or its files no longer match its "
              "manifest (pull will then refuse what does not match)",
     "insecure": "oci://: plain HTTP (a lab registry without TLS)",
+    "modelcar": "also push a KServe modelcar image (the files under /models, a static busybox for its shell) "
+                "beside it, at the same repository with the tag suffixed -modelcar",
 })
 @cli
-def push(c, artifact, to, force=False, insecure=False):
+def push(c, artifact, to, force=False, insecure=False, modelcar=False):
     """Publish an artifact to a model registry: GGUF as Docker Model Runner models, the rest as
     CNCF ModelPack artifacts; on the Hub one commit with a model card. The OCI manifest (or the
     Hub commit) is written last: an interrupted push leaves no tag."""
+    from edgeport.publishing.transfer import modelcar_uri, push_modelcar
     from edgeport.publishing.transfer import push as do_push
 
+    car = modelcar_uri(to) if modelcar else None  # a Hub URI is refused before anything is pushed
     print(f"pushed {do_push(Path(artifact), to, force=force, insecure=insecure)}")
+    if car:
+        print(f"pushed modelcar {push_modelcar(Path(artifact), car, force=force, insecure=insecure)}")
 
 
 @task(help={

@@ -193,7 +193,7 @@ def _swa_note(spec: ModelSpec, opt: LlamaCppOptions) -> str:
 
 # --- vLLM ------------------------------------------------------------------------------------
 
-def _vllm(spec, dev, profile, precision, ctx, n, server, *, tp: int | None = None) -> Plan:
+def _vllm(spec, dev, profile, precision, ctx, n, server, *, tp: int | None = None, pp: int = 1) -> Plan:
     if dev.memory == "cpu" or dev.gpu_arch == "apple":
         raise PlanError(f"target vllm needs a CUDA GPU; {dev.name} has none (plan --target cpu or apple)")
     tp = tp or profile.runtime_options.get("tensor_parallel_size", 1)
@@ -201,19 +201,49 @@ def _vllm(spec, dev, profile, precision, ctx, n, server, *, tp: int | None = Non
     cache = kv.vllm_kv(spec, ctx, n)
     util = kv.VLLM_GPU_UTILIZATION
     options = {"max_model_len": ctx, "max_num_seqs": n, "tensor_parallel_size": tp, "gpu_memory_utilization": util}
-    parts = {"weights": w.resident_bytes // tp, "kv_cache": cache // tp, "runtime": kv.VLLM_OVERHEAD}
+    stage_weights, stage_layers = _largest_stage(w, spec.n_layers, pp)
+    if pp > 1:
+        options["pipeline_parallel_size"] = pp
+    parts = {"weights": stage_weights // tp, "kv_cache": cache * stage_layers // spec.n_layers // tp,
+             "runtime": kv.VLLM_OVERHEAD}
     if dev.memory == "unified":
         pools = {"unified": Pool(int(dev.unified_memory_gib * GIB * min(util, dev.usable_fraction)), parts)}
     else:
         if tp > dev.gpus:
             raise PlanError(f"{dev.name} has {dev.gpus} GPU(s), not {tp}")
         pools = {"gpu": Pool(int(dev.gpu_memory_gib * GIB * min(util, dev.usable_fraction)), parts)}
-    notes = [f"per GPU with tensor parallel {tp}: weights and KV split {tp} ways; vLLM plans for "
+    stages = (f"pipeline parallel {pp}: the largest stage holds {stage_layers} of {spec.n_layers} layers; "
+              if pp > 1 else "")
+    notes = [f"per GPU with {stages}tensor parallel {tp}: weights and KV split {tp} ways; vLLM plans for "
              f"{int(util * 100)} % of GPU memory (gpu_memory_utilization) and needs KV room for one "
              "max_model_len sequence; runtime overhead (CUDA context, activations, CUDA graphs) assumed "
              f"{kv.VLLM_OVERHEAD // GIB} GiB per GPU (not measured here)"]
     return _base(spec, dev, "vllm", precision, "vLLM (--quantization mxfp4)", ctx, n, options, w, cache,
                  kv.VLLM_OVERHEAD, pools, notes)
+
+
+def pp_stages(n_layers: int, pp: int) -> list[int]:
+    """Layers per pipeline stage as vLLM assigns them (vllm/distributed/utils.py get_pp_indices):
+    n_layers // pp each, the remainder one each to the stages before the last."""
+    if not 1 <= pp <= n_layers:
+        raise PlanError(f"pipeline parallel {pp} needs 1 to {n_layers} stages ({n_layers} layers)")
+    parts = [n_layers // pp] * pp
+    for i in range(2, n_layers % pp + 2):
+        parts[-i] += 1
+    return parts
+
+
+def _largest_stage(w: weights.Weights, n_layers: int, pp: int) -> tuple[int, int]:
+    """(resident bytes, layers) of the heaviest pipeline stage: its layers, plus the embedding on
+    the first stage and the final norm and head on the last (all of it when pp = 1)."""
+    if pp == 1:
+        return w.resident_bytes, n_layers
+    best, start = (0, 0), 0
+    for i, k in enumerate(pp_stages(n_layers, pp)):
+        b = sum(w.layer_bytes[start:start + k]) + (w.input_bytes if i == 0 else 0) \
+            + (w.output_bytes if i == pp - 1 else 0)
+        best, start = max(best, (b, k)), start + k
+    return best
 
 
 # --- onnxruntime(-genai) ----------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from . import hub, oci
+from . import hub, modelcar, oci
 from .artifact import for_push
 from .errors import PublishError
 from .stores import LayoutStore, RegistryStore
-from .uri import HubRef, LayoutRef, OciRef, parse
+from .uri import DEFAULT_TAG, HubRef, LayoutRef, OciRef, parse
+
+MODELCAR_SUFFIX = "-modelcar"
 
 
 def _network_errors(fn):
@@ -42,6 +45,33 @@ def push(artifact: Path, to: str, *, force: bool = False, insecure: bool = False
 
 
 @_network_errors
+def push_modelcar(artifact: Path, to: str, *, force: bool = False, insecure: bool = False) -> str:
+    """Publish `artifact` as a KServe modelcar image at `to` (oci:// or file://); returns it
+    pinned by digest (`oci://host/repo@sha256:…`, what a storageUri should name)."""
+    ref = parse(to)
+    if isinstance(ref, HubRef):
+        raise PublishError(f"{to}: a modelcar is a container image; push it to oci:// or file://")
+    if isinstance(ref, OciRef) and ref.is_digest:
+        raise PublishError(f"{to}: push to a tag; the image's digest is the answer")
+    m, files = for_push(Path(artifact), force)
+    store, reference = _store(ref, insecure, create=True)
+    digest = modelcar.push(store, reference, Path(artifact), m, files)
+    return f"{store.describe()}@{digest}"
+
+
+def modelcar_uri(to: str) -> str:
+    """Where `push --modelcar` puts the image beside the artifact at `to`: the same repository,
+    the tag with -modelcar appended."""
+    ref = parse(to)
+    if isinstance(ref, OciRef) and not ref.is_digest:
+        return str(OciRef(ref.host, ref.repository, ref.reference + MODELCAR_SUFFIX))
+    if isinstance(ref, LayoutRef):
+        return str(LayoutRef(ref.path, ref.tag + MODELCAR_SUFFIX))
+    raise PublishError(f"{to}: --modelcar needs oci://host/repo[:tag] or file:///path[:tag] "
+                       f"(tag {DEFAULT_TAG} when omitted)")
+
+
+@_network_errors
 def pull(uri: str, out: Path, *, force: bool = False, insecure: bool = False, hub_api=None) -> tuple[Path, str]:
     """Fetch the artifact at `uri` into `out`, verified; returns (out, pinned source)."""
     ref = parse(uri)
@@ -49,8 +79,20 @@ def pull(uri: str, out: Path, *, force: bool = False, insecure: bool = False, hu
         path, commit = hub.pull(hub_api or hub.default_api(), ref, Path(out), force)
         return path, f"hf://{ref.repo_id}@{commit}"
     store, reference = _store(ref, insecure, create=False)
+    raw = store.get_manifest(reference)
+    if _is_modelcar(raw):
+        if reference.startswith("sha256:") and oci._digest(raw) != reference:
+            raise PublishError(f"the registry returned a manifest whose digest is not {reference}")
+        return modelcar.pull(store, reference, raw, Path(out), force), f"{store.describe()}@{oci._digest(raw)}"
     path, digest = oci.pull(store, reference, Path(out), force)
     return path, f"{store.describe()}@{digest}"
+
+
+def _is_modelcar(raw: bytes) -> bool:
+    try:
+        return modelcar.is_modelcar(json.loads(raw))
+    except ValueError:
+        return False  # oci.pull says what is wrong with it
 
 
 def _store(ref: OciRef | LayoutRef, insecure: bool, create: bool):
