@@ -1,8 +1,9 @@
 """The OpenAI-compatible front: one contract over every engine.
 
 It owns request validation, chat formatting (harmony for gpt-oss, the checkpoint's template
-otherwise), harmony parsing (reasoning apart from the answer), effort aliases, API keys and
-a bounded queue; the engine only turns token ids into text.
+otherwise), harmony parsing (reasoning apart from the answer, function calls as `tool_calls`),
+effort aliases, API keys and a bounded queue; the engine only turns token ids into text, under a
+grammar where the request needs one (`response_format`, a forced `tool_choice`: constrained.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -22,14 +23,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from edgeport.core.chat import StopMatcher, render_template
+from edgeport.core.chat import render_template
 from edgeport.core.harmony import STOP as HARMONY_STOP
-from edgeport.core.harmony import HarmonyStream, render_harmony
+from edgeport.core.harmony import render_harmony
 
-from .engines import Engine, Generation
-from .protocol import APIError, ChatRequest, CompletionRequest, validation_error
-
-MALFORMED_NOTE = "the model's output was not well-formed harmony; the text that did not parse is in content"
+from . import responses
+from .constrained import check_schema, harmony_json, harmony_tool_call
+from .engines import Engine, Generation, Piece
+from .output import MALFORMED_NOTE, Output, pieces
+from .protocol import APIError, ChatRequest, CompletionRequest, ResponsesRequest, validation_error
 
 
 @dataclass
@@ -102,6 +104,7 @@ class APIKeyMiddleware:
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app = FastAPI(title="edgeport serve", docs_url=None, redoc_url=None, openapi_url=None)
     gate = Gate(settings.parallel + settings.queue)
+    store = responses.Store()
     harmony = engine.info.chat_format == "harmony"
     created = int(time.time())
 
@@ -151,23 +154,29 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
         _check_model(req.model, settings)
-        msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
-        info = engine.info
-        if harmony:
-            text = render_harmony(msgs, req.reasoning_effort)
-        elif info.chat_template:
-            text = render_template(info.chat_template, msgs, bos_token=info.bos_token, eos_token=info.eos_token,
-                                   effort=req.reasoning_effort)
-        else:
-            raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
-        gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
-        return await _respond(engine, gate, settings, req, gen, chat=True, harmony=harmony, request=request)
+        gen, source = await chat_generation(engine, req)
+        return await _respond(gate, settings, req, request, lambda: _whole(engine, req, gen, source, True, harmony),
+                              lambda: _stream(engine, req, gen, source, True, harmony))
+
+    @app.post("/v1/responses")
+    async def respond(req: ResponsesRequest, request: Request):
+        _check_model(req.model, settings)
+        try:
+            chat = req.chat(store.history(req.previous_response_id))
+            gen, source = await chat_generation(engine, chat)
+        except APIError as e:
+            raise responses.as_responses_error(e) from None
+        return await _respond(gate, settings, req, request,
+                              lambda: responses.whole(engine, req, chat, gen, source, store),
+                              lambda: responses.stream(engine, req, chat, gen, source, store))
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         _check_model(req.model, settings)
         gen = await _generation(engine, req, req.text(), plain=True)
-        return await _respond(engine, gate, settings, req, gen, chat=False, harmony=False, request=request)
+        source = engine.generate(gen)
+        return await _respond(gate, settings, req, request, lambda: _whole(engine, req, gen, source, False, False),
+                              lambda: _stream(engine, req, gen, source, False, False))
 
     return app
 
@@ -180,6 +189,58 @@ def _check_model(name: str, settings: Settings) -> None:
     if name != settings.model_id:
         raise APIError(404, f"the model {name!r} does not exist; this server serves {settings.model_id!r}",
                        param="model", code="model_not_found")
+
+
+async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation, AsyncIterator[Piece]]:
+    """A chat request's generation and the pieces it streams (free, or constrained where a schema or a
+    forced call asks for it): every check a 400 before anything is generated."""
+    harmony = engine.info.chat_format == "harmony"
+    offered, forced = req.tool_plan()
+    msgs = req.conversation()
+    info = engine.info
+    if harmony:
+        text = render_harmony(msgs, req.reasoning_effort, tools=offered)
+    elif offered or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs):
+        raise APIError(400, "tools are served for gpt-oss (harmony) models only yet; this model's chat template "
+                            "is rendered without them", param="tools", code="unsupported_tools")
+    elif info.chat_template:
+        text = render_template(info.chat_template, msgs, bos_token=info.bos_token, eos_token=info.eos_token,
+                               effort=req.reasoning_effort)
+    else:
+        raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
+    schema = _schema(engine, req)
+    _check_forced(engine, req, forced)
+    gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
+    gen.json_schema = schema
+    if forced:  # a call the model must make: constrained, not hoped for
+        return gen, harmony_tool_call(engine, gen, forced)
+    if harmony and schema is not None:  # gpt-oss: only the final answer is bound by the schema
+        return gen, harmony_json(engine, gen)
+    return gen, engine.generate(gen)  # a dense model's whole answer is
+
+
+def _schema(engine: Engine, req: ChatRequest) -> dict | None:
+    """The schema the answer is decoded under, checked before anything is generated (an engine that
+    cannot enforce it refuses the request: no silent fallback to free text)."""
+    schema = req.response_format.schema_to_enforce() if req.response_format else None
+    if schema is None:
+        return None
+    if not engine.constrains:
+        raise engine.constraint_error()
+    check_schema(schema)
+    return schema
+
+
+def _check_forced(engine: Engine, req: ChatRequest, forced: list[dict]) -> None:
+    """A forced call needs an engine that constrains decoding, and parameters it can enforce."""
+    if not forced:
+        return
+    if not engine.constrains:
+        raise engine.constraint_error("tool_choice")
+    for t in forced:
+        if t["parameters"] is not None:
+            i = next(i for i, x in enumerate(req.tools) if x.function.name == t["name"])
+            check_schema(t["parameters"], f"tools.{i}.function.parameters")
 
 
 async def _generation(engine: Engine, req, text: str, *, plain: bool = False,
@@ -204,40 +265,16 @@ async def _generation(engine: Engine, req, text: str, *, plain: bool = False,
                       dict(bias))
 
 
-class _Output:
-    """Engine text -> (reasoning, content) deltas: harmony parsed, stop-token texts cut."""
-
-    def __init__(self, engine: Engine, harmony: bool):
-        self.harmony = HarmonyStream() if harmony else None
-        self.cuts = [t for t in engine.stop_texts if t]
-
-    def feed(self, text: str) -> tuple[str, str]:
-        if self.harmony:
-            d = self.harmony.feed(text)
-            return d.reasoning, d.content
-        return "", text
-
-    def finish(self, tail: str = "") -> tuple[str, str]:
-        if self.harmony:
-            d1 = self.harmony.feed(tail)
-            d2 = self.harmony.finish()
-            return d1.reasoning + d2.reasoning, d1.content + d2.content
-        return "", tail
-
-    @property
-    def malformed(self) -> bool:
-        return bool(self.harmony and self.harmony.malformed)
-
-
-async def _respond(engine: Engine, gate: Gate, settings: Settings, req, gen: Generation, *, chat: bool,
-                   harmony: bool, request: Request):
+async def _respond(gate: Gate, settings: Settings, req, request: Request, whole: Callable[[], Awaitable[dict]],
+                   stream: Callable[[], AsyncIterator[bytes | str]]):
+    """Admit the request, then answer `whole()`'s body, or stream `stream()`'s events (SSE)."""
     gate.enter(settings.retry_after_s)
     try:
         if req.stream:
-            return DisconnectAwareStream(_stream(engine, gate, req, gen, chat, harmony), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return DisconnectAwareStream(_gated(gate, stream()), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            body = await _until_disconnect(request, _whole(engine, req, gen, chat, harmony))
+            body = await _until_disconnect(request, whole())
         finally:
             gate.leave()
         if body is None:  # the client went away: nobody reads this (nginx's "client closed request")
@@ -247,6 +284,16 @@ async def _respond(engine: Engine, gate: Gate, settings: Settings, req, gen: Gen
         if req.stream:
             gate.leave()
         raise
+
+
+async def _gated(gate: Gate, events: AsyncIterator[bytes | str]) -> AsyncIterator[bytes | str]:
+    """A stream's events; its slot is free when it ends, fails or its client goes."""
+    try:
+        async with contextlib.aclosing(events) as it:
+            async for e in it:
+                yield e
+    finally:
+        gate.leave()
 
 
 async def _until_disconnect(request: Request, work) -> dict | None:
@@ -274,31 +321,18 @@ async def _until_disconnect(request: Request, work) -> dict | None:
             await asyncio.wait(pending)  # the engine's stream is closed before the slot is counted free
 
 
-async def _pieces(engine: Engine, gen: Generation, out: _Output) -> AsyncIterator[tuple[str, str, str | None, int]]:
-    """(reasoning delta, content delta, finish_reason on the last, completion tokens)."""
-    harmony = out.harmony is not None
-    # llama-server renders EOG tokens as text: cut there (harmony's parser ends at <|return|> itself)
-    cut = StopMatcher(out.cuts if not harmony else [])
-    async with contextlib.aclosing(engine.generate(gen)) as pieces:
-        async for p in pieces:
-            text = cut.feed(p.text)
-            if p.finish_reason is not None:
-                r, c = out.finish(text + cut.flush())
-                yield r, c, p.finish_reason, p.completion_tokens
-                return
-            r, c = out.feed(text)
-            if r or c:
-                yield r, c, None, 0
-    r, c = out.finish(cut.flush())
-    yield r, c, "stop", 0
-
-
-async def _whole(engine: Engine, req, gen: Generation, chat: bool, harmony: bool) -> dict:
-    reasoning, content, finish, n = [], [], "stop", 0
-    out = _Output(engine, harmony)
-    async for r, c, f, k in _pieces(engine, gen, out):
-        reasoning.append(r)
-        content.append(c)
+async def _whole(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
+                 harmony: bool) -> dict:
+    reasoning, content, calls, finish, n = [], [], {}, "stop", 0
+    out = Output(engine, harmony)
+    async for d, f, k in pieces(source, out):
+        reasoning.append(d.reasoning)
+        content.append(d.content)
+        for c in out.tool_calls(d):
+            if "id" in c:
+                calls[c["index"]] = c
+            else:
+                calls[c["index"]]["function"]["arguments"] += c["function"]["arguments"]
         if f:
             finish, n = f, k
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -311,14 +345,18 @@ async def _whole(engine: Engine, req, gen: Generation, chat: bool, harmony: bool
         return {**base, "object": "text_completion",
                 "choices": [{"index": 0, "text": "".join(content), "finish_reason": finish, "logprobs": None}]}
     msg = {"role": "assistant", "content": "".join(content)}
+    if calls:
+        msg["content"] = msg["content"] or None  # OpenAI's shape for a turn that only calls
+        msg["tool_calls"] = [{k: v for k, v in calls[i].items() if k != "index"} for i in sorted(calls)]
     if harmony:
         text = "".join(reasoning)
         msg["reasoning_content"] = msg["reasoning"] = text
     return {**base, "object": "chat.completion",
-            "choices": [{"index": 0, "message": msg, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": 0, "message": msg, "finish_reason": out.finish_reason(finish), "logprobs": None}]}
 
 
-async def _stream(engine: Engine, gate: Gate, req, gen: Generation, chat: bool, harmony: bool) -> AsyncIterator[str]:
+async def _stream(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
+                  harmony: bool) -> AsyncIterator[bytes | str]:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -331,20 +369,23 @@ async def _stream(engine: Engine, gate: Gate, req, gen: Generation, chat: bool, 
         if chat:
             yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         n = 0
-        out = _Output(engine, harmony)
-        async with contextlib.aclosing(_pieces(engine, gen, out)) as pieces:
-            async for r, c, f, k in pieces:
+        out = Output(engine, harmony)
+        async with contextlib.aclosing(pieces(source, out)) as parsed:
+            async for d, f, k in parsed:
                 if chat:
                     delta = {}
-                    if r:
-                        delta["reasoning_content"] = delta["reasoning"] = r
-                    if c:
-                        delta["content"] = c
+                    if d.reasoning:
+                        delta["reasoning_content"] = delta["reasoning"] = d.reasoning
+                    if d.content:
+                        delta["content"] = d.content
+                    if d.calls:
+                        delta["tool_calls"] = out.tool_calls(d)
                     if delta or f:
                         extra = {"warnings": [MALFORMED_NOTE]} if f and out.malformed else {}
-                        yield chunk([{"index": 0, "delta": delta, "finish_reason": f}], **extra)
-                elif c or f:
-                    yield chunk([{"index": 0, "text": c, "finish_reason": f, "logprobs": None}])
+                        reason = out.finish_reason(f) if f else None
+                        yield chunk([{"index": 0, "delta": delta, "finish_reason": reason}], **extra)
+                elif d.content or f:
+                    yield chunk([{"index": 0, "text": d.content, "finish_reason": f, "logprobs": None}])
                 if f:
                     n = k
         if req.stream_options and req.stream_options.include_usage:
@@ -356,5 +397,3 @@ async def _stream(engine: Engine, gate: Gate, req, gen: Generation, chat: bool, 
     except Exception as e:
         err = APIError(500, f"generation failed: {e}", type="server_error", code="engine_error")
         yield "data: " + json.dumps(err.body()) + "\n\n"
-    finally:
-        gate.leave()

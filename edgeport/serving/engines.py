@@ -38,6 +38,8 @@ from edgeport.core.llama_tools import repack_args, tool
 from edgeport.runtimes.base import GenerationResult, ModelInfo
 from edgeport.runtimes.llamacpp import train_context
 
+from .protocol import APIError
+
 
 @dataclass
 class Generation:
@@ -48,24 +50,37 @@ class Generation:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # constrained decoding (engines with `constrains = True`): a JSON schema the engine turns into
+    # its own grammar, or a GBNF grammar; never both
+    json_schema: dict | None = None
+    grammar: str | None = None
 
 
 @dataclass
 class Piece:
-    """A streamed piece of text; the last one carries finish_reason and the token count."""
+    """A streamed piece of text; the last one carries finish_reason, the token count and, when a
+    stop string ended it, which one (the front's multi-phase generations continue from there)."""
 
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    stop_word: str = ""
 
 
 class Engine(ABC):
     name = "?"
+    constrains = False  # decodes under Generation.json_schema / .grammar
 
     def __init__(self, info: ModelInfo, n_ctx: int, slots: int):
         self.info, self.n_ctx, self.slots = info, n_ctx, slots
         self.stop_texts: list[str] = []  # the stop tokens as rendered text (cut from the output)
         self.vocab_size = 1 << 31  # known per engine where it can be read
+
+    def constraint_error(self, param: str = "response_format") -> APIError:
+        """The 400 for a request this engine cannot constrain (structured output, forced tool calls)."""
+        what = "response_format" if param == "response_format" else "tool_choice required or naming a function"
+        return APIError(400, f"{what} is not supported by this engine ({self.name}) yet", param=param,
+                        code=f"unsupported_{param}")
 
     async def start(self) -> None:  # noqa: B027 - optional
         pass
@@ -159,6 +174,7 @@ def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: in
 
 class LlamaServerEngine(Engine):
     name = "llama-server"
+    constrains = True  # its json_schema (llama.cpp's converter) and GBNF grammar fields
 
     def __init__(self, gguf: Path, info: ModelInfo, n_ctx: int, slots: int, threads: int | None = None):
         super().__init__(info, n_ctx, slots)
@@ -205,20 +221,36 @@ class LlamaServerEngine(Engine):
                 "top_p": gen.top_p, "top_k": 0, "min_p": 0.0, "stream": True, "cache_prompt": True,
                 "stop": gen.stop, "seed": gen.seed if gen.seed is not None else -1,
                 "logit_bias": [[int(t), float(b)] for t, b in gen.logit_bias.items()]}
+        if gen.json_schema is not None:
+            body["json_schema"] = gen.json_schema
+        if gen.grammar is not None:
+            body["grammar"] = gen.grammar
         n = 0
         async with self.child.client.stream("POST", "/completion", json=body) as resp:
             if resp.status_code != 200:
                 await resp.aread()
+                if resp.status_code == 400 and (gen.json_schema is not None or gen.grammar is not None):
+                    raise _grammar_refused(resp)
                 raise RuntimeError(f"llama-server answered {resp.status_code}: {resp.text[:300]}")
             async for ev in _sse(resp):
                 if ev.get("stop"):
                     n = ev.get("tokens_predicted", n)
                     reason = "length" if ev.get("stop_type") == "limit" else "stop"
-                    yield Piece(ev.get("content", ""), reason, n)
+                    yield Piece(ev.get("content", ""), reason, n, ev.get("stopping_word") or "")
                     return
                 n += 1
                 yield Piece(ev.get("content", ""))
         yield Piece("", "stop", n)
+
+
+def _grammar_refused(resp: httpx.Response) -> APIError:
+    """llama-server's own refusal of a schema or grammar (its converter's message) as a 400."""
+    try:
+        msg = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        msg = resp.text[:300]
+    return APIError(400, f"llama.cpp cannot enforce this schema: {' '.join(str(msg).split())}",
+                    code="unsupported_schema")
 
 
 class RuntimeEngine(Engine):

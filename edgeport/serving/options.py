@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DESCRIPTION = ("Serve an artifact over an OpenAI-compatible API: /v1/chat/completions (gpt-oss reasoning effort "
-               "low|medium|high or fast|balanced|deep; reasoning in `reasoning_content`), /v1/completions, "
+               "low|medium|high or fast|balanced|deep; reasoning in `reasoning_content`; tools for gpt-oss; "
+               "response_format json_object/json_schema enforced by llama-server's grammars), /v1/completions, "
                "/v1/models, /health. GGUF: llama.cpp's llama-server as the engine (continuous batching); ONNX and "
                "others: the runtime in-process, one request at a time; vllm: vllm serve.")
 
