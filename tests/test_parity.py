@@ -66,3 +66,24 @@ def test_gpt_oss_truncate_false_drift_is_reported_by_position(gpt_oss_dir, trunc
     first, last = next(iter(drift)), list(drift)[-1]
     assert drift[last][0] > 10 * drift[first][0]
     assert drift[last][0] > 10 * exact[last][0]
+
+
+def test_compare_logits_in_row_blocks_equals_one_block(monkeypatch):
+    """compare_logits works ROWS positions at a time (a 512-token prompt at gpt-oss's 201k
+    vocabulary would hold GBs of float64 temporaries): every figure equals the one-block result,
+    across a partial last block, a near-tie and a non-finite row."""
+    from edgeport.parity import metrics
+
+    rng = np.random.default_rng(0)
+    n, v = 70, 50
+    ref = rng.normal(0, 3, (n, v)).astype(np.float32)
+    cand = ref + rng.normal(0, 0.5, (n, v)).astype(np.float32)
+    ref[5, :2] = 100.0  # a near-tie
+    cand[40, 7] = np.nan
+    ids = rng.integers(0, v, n).tolist()
+    blocked = metrics.compare_logits("p", "long", ids, ref, cand)
+    monkeypatch.setattr(metrics, "ROWS", 10**9)
+    whole = metrics.compare_logits("p", "long", ids, ref, cand)
+    for f in ("kl", "top1", "nll_ref", "nll_cand", "near_tie", "regret", "nonfinite_ref", "nonfinite_cand"):
+        np.testing.assert_array_equal(getattr(blocked, f), getattr(whole, f), err_msg=f)
+    assert blocked.near_tie[5] and blocked.nonfinite_cand.tolist() == [40] and len(blocked.nll_ref) == n - 1

@@ -58,21 +58,35 @@ def top1_regret(ref_logprobs: np.ndarray, cand_top1: np.ndarray) -> np.ndarray:
     return np.maximum(p.max(axis=-1) - p[rows, np.asarray(cand_top1, dtype=np.int64)], 0.0)
 
 
+ROWS = 32  # positions compared at a time: float64 work arrays stay ~50 MB each at a 201k vocabulary
+
+
 def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
                    cand: np.ndarray) -> PromptComparison:
+    """Row blocks of ROWS positions at a time: every figure is per position, and a whole 512-token
+    prompt in float64 would hold several GB of temporaries at gpt-oss's vocabulary."""
     if ref.shape != cand.shape:
         raise ValueError(f"{prompt_id}: logits shapes differ: {ref.shape} vs {cand.shape}")
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported below
-        lr, lc = log_softmax(ref), log_softmax(cand)
-        kl = (np.exp(lr) * (lr - lc)).sum(axis=-1)
-        top2 = np.partition(ref, -2, axis=-1)[:, -2:]
-        tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN
+    n = len(ref)
+    kl, tie, regret = np.empty(n), np.empty(n, bool), np.empty(n)
+    nll_ref, nll_cand = np.empty(max(n - 1, 0)), np.empty(max(n - 1, 0))
     nxt = np.asarray(ids[1:], dtype=np.int64)
-    rows = np.arange(len(nxt))
+    for r0 in range(0, n, ROWS):
+        r1 = min(n, r0 + ROWS)
+        a, b = ref[r0:r1], cand[r0:r1]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported below
+            lr, lc = log_softmax(a), log_softmax(b)
+            kl[r0:r1] = (np.exp(lr) * (lr - lc)).sum(axis=-1)
+            top2 = np.partition(a, -2, axis=-1)[:, -2:]
+            tie[r0:r1] = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN
+        regret[r0:r1] = top1_regret(lr, b.argmax(-1))
+        k1 = min(r1, n - 1)  # rows that have a next token
+        if k1 > r0:
+            rows = np.arange(k1 - r0)
+            nll_ref[r0:k1] = -lr[rows, nxt[r0:k1]]
+            nll_cand[r0:k1] = -lc[rows, nxt[r0:k1]]
     return PromptComparison(
-        prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1),
-        -lr[rows, nxt], -lc[rows, nxt], tie,
-        top1_regret(lr, cand.argmax(-1)),
+        prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1), nll_ref, nll_cand, tie, regret,
         np.flatnonzero(~np.isfinite(ref).all(axis=-1)), np.flatnonzero(~np.isfinite(cand).all(axis=-1)),
     )
 
