@@ -54,6 +54,9 @@ def cpu_name() -> str:
 def _du(paths: list[Path]) -> int:
     total = 0
     for root in paths:
+        if root.is_file():  # a watched file, not a directory (os.walk yields nothing for it)
+            total += root.stat().st_blocks * 512
+            continue
         for dirpath, _, files in os.walk(root):
             for f in files:
                 try:
@@ -186,7 +189,10 @@ def main() -> None:
                 ("imatrix", [str(tool("llama-imatrix")), "-m", str(f16), "-f", str(text), "-o", str(imat),
                              "-c", str(CHUNK), "--no-ppl", *(["--chunks", str(chunks)] if chunks else []),
                              *repack_args("llama-imatrix")]),
-                ("quantize", [str(tool("llama-quantize")), "--imatrix", str(imat), str(f16), str(q), "Q4_K_M"])):
+                # MXFP4 experts kept as they are, as ours (llama-quantize refuses to requantize MXFP4)
+                ("quantize", [str(tool("llama-quantize")), "--imatrix", str(imat),
+                              *[a for t in ("gate", "up", "down") for a in ("--tensor-type", f"ffn_{t}_exps=mxfp4")],
+                              str(f16), str(q), "Q4_K_M"])):
             m = run_measured(cmd, watch=[work / "llama.cpp-f16.gguf", imat, q], log=work / f"llama.cpp-{name}.log")
             if m.returncode:
                 raise SystemExit(f"llama.cpp {name} failed (exit {m.returncode}):\n{m.log_tail}")
