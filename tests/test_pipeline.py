@@ -13,6 +13,7 @@ from edgeport.core import manifest as mf
 from edgeport.core.errors import ArchitectureError, OutputError, QuantizationError, TargetError
 from edgeport.core.source import Source, sha256_file
 from edgeport.export import mxfp4
+from edgeport.export.imatrix import DEFAULT_BUDGET_TOKENS
 from edgeport.export.pipeline import export
 from tests.conftest import ROOT, copy_model
 
@@ -49,7 +50,8 @@ def test_default_cpu_export_of_mxfp4_source(mxfp4_artifact, mxfp4_dir):
     assert {f["path"] for f in m["files"]} == {"parity.json", m["runtime"]["model_file"], "chat_template.jinja",
                                                "Modelfile", "template", "params", "imatrix.gguf"}
     im = m["quantization"]["imatrix"]
-    assert im["used"] and im["dataset"]["default"] and im["chunks"] == 113 and im["tokens"] == 113 * 512
+    budget = DEFAULT_BUDGET_TOKENS // 512  # the default budget, of the shipped set's 113 chunks
+    assert im["used"] and im["dataset"]["default"] and im["chunks"] == budget and im["tokens"] == budget * 512
     assert m["parity"]["passed"] and set(m["parity"]["stages"]) == {"fidelity", "quantization", "end_to_end"}
     assert m["tools"]["gguf"] and m["tools"]["llama-cpp-python"]
     assert json.loads((path / "parity.json").read_text()) == m["parity"]
