@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,16 @@ def test_importance_matrix_load_takes_the_choice(monkeypatch, llama_dir, gguf_di
     monkeypatch.setattr(imatrix, "extra_bufts_enabled", lambda model=None: on)
     imatrix.compute(gguf_of(llama_dir, gguf_dir), imatrix.load_calibration(), max_chunks=2)
     assert seen == [on]
+
+
+@pytest.mark.parametrize("repack", [True, False])
+def test_llama_server_maps_weights_only_when_it_does_not_repack(monkeypatch, repack):
+    """Repacked weights are anonymous copies: mapped too, the file's pages stay resident beside
+    them (gpt-oss-20b: 20.6 GiB peak RSS for a 10.8 GiB GGUF), so a repacking llama-server reads
+    the file (--no-mmap); without repacking it maps it."""
+    from edgeport.serving.engines import llama_server_command
+
+    monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: not repack)
+    monkeypatch.delenv(ENV, raising=False)
+    cmd = llama_server_command(Path("llama-server"), Path("m.gguf"), 8000, 512, 2)
+    assert ("--no-mmap" in cmd) is repack and ("--no-repack" in cmd) is not repack
