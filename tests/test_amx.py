@@ -154,10 +154,10 @@ def test_importance_matrix_load_takes_the_choice(monkeypatch, llama_dir, gguf_di
 def test_llama_server_maps_weights_only_when_it_does_not_repack(monkeypatch, repack):
     """Repacked weights are anonymous copies: mapped too, the file's pages stay resident beside
     them (gpt-oss-20b: 20.6 GiB peak RSS for a 10.8 GiB GGUF), so a repacking llama-server reads
-    the file (--no-mmap); without repacking it maps it."""
+    the file (--load-mode none); without repacking it maps it."""
     from edgeport.serving.engines import llama_server_command
 
     monkeypatch.setattr(llama_log, "cpu_has_amx", lambda: not repack)
     monkeypatch.delenv(ENV, raising=False)
     cmd = llama_server_command(Path("llama-server"), Path("m.gguf"), 8000, 512, 2)
-    assert ("--no-mmap" in cmd) is repack and ("--no-repack" in cmd) is not repack
+    assert (cmd[-2:] == ["--load-mode", "none"]) is repack and ("--no-repack" in cmd) is not repack

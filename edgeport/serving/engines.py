@@ -172,9 +172,10 @@ def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: in
            "--cache-reuse", "0", *no_repack]
     # repacked weights are copies in anonymous memory; mapped as well (MAP_POPULATE) the file
     # stays resident beside them: gpt-oss-20b's peak RSS was 20.6 GiB for a 10.8 GiB GGUF.
-    # Read, not mapped, the weights are held once, as `plan` counts them
+    # Read, not mapped (this llama.cpp's `--load-mode none`), the weights are held once, as
+    # `plan` counts them
     if not no_repack:
-        cmd.append("--no-mmap")
+        cmd += ["--load-mode", "none"]
     return cmd + (["-t", str(threads)] if threads else [])
 
 
