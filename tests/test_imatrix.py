@@ -106,7 +106,7 @@ def test_thresholds_per_scheme():
     (["--quantization", "IQ2_M", "--no-imatrix"], "edgeport: error: IQ2_M is an i-quant and needs an importance"),
     (["--quantization", "Q8_0", "--calibration", "README.md"], "edgeport: error: Q8_0 is quantized without"),
     (["--target", "onnx", "--no-imatrix"],
-     "edgeport: error: --calibration / --no-imatrix / --imatrix are for GGUF targets"),
+     "edgeport: error: --calibration / --no-imatrix / --imatrix / --imatrix-tokens are for GGUF targets"),
 ])
 def test_cli_refusals_leave_nothing(tmp_path, args, message):
     out = tmp_path / "a"
