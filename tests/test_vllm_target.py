@@ -38,7 +38,10 @@ def test_mxfp4_source_passes_through_bit_exact(passthrough, mxfp4_dir):
     assert cfg["quantization_config"]["quant_method"] == "mxfp4"
     assert len(list(path.glob("model-*-of-*.safetensors"))) == 5  # one shard per layer + embeddings
     st = m["parity"]["stages"]["end_to_end"]
-    assert st["summary"]["mean_kl"] == 0.0 and st["summary"]["top1"] == 1.0 and st["passed"]
+    # the weights are bit-exact (above); the streamed reference runs experts on a one-expert copy of
+    # transformers' module, which moves logits by up to 5.7e-6 on this model (measured once), so
+    # the KL is float noise (2e-15 measured), not 0.0 as with the whole-model reference
+    assert st["summary"]["mean_kl"] < 1e-12 and st["summary"]["top1"] == 1.0 and st["passed"]
     assert m["runtime"]["serve"].startswith("vllm serve ") and "--quantization mxfp4" in m["runtime"]["serve"]
 
 
