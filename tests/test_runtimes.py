@@ -10,6 +10,7 @@ import pytest
 
 from edgeport import runtimes
 from edgeport.core.errors import RuntimeUnavailable
+from edgeport.core.llama_log import LlamaLog, model_params
 from edgeport.runtimes.llamacpp import LlamaCppRuntime
 from edgeport.runtimes.reference import ReferenceRuntime
 from tests.conftest import ROOT, gguf_of
@@ -74,6 +75,31 @@ def test_logits_shape_and_agreement(pair):
     a, b = ref.logits(ids), art.logits(ids)
     assert a.shape == b.shape == (len(ids), 1024) and a.dtype == b.dtype == np.float32
     assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_scoring_equals_llama_eval_on_one_loaded_model(pair, monkeypatch):
+    """Scoring reads each batch's logits from llama.cpp's output buffer on a second context of
+    the same loaded model: the same numbers as Llama.eval's own `scores` in one 512-token batch
+    (the prompt longer than the sliding window, and than a scoring batch made small here), in
+    blocks that add up to them, and no second load of the weights."""
+    ref, art = pair
+    ids = (ref.encode(EVAL[0]) * 40)[:300]
+    monkeypatch.setattr(art, "_scorer", None)
+    loads = []
+    monkeypatch.setattr(art.lc, "Llama", lambda *a, **kw: loads.append(kw))  # a second load would fail here
+    monkeypatch.setattr(art, "_scoring_rows", lambda: 64)
+    got = art.logits(ids)
+    blocks = list(art.logit_blocks(ids, 128))
+    monkeypatch.undo()
+    assert loads == [] and art._scorer is not None
+    with model_params(art.lc, art.extra_bufts), LlamaLog():
+        whole = art.lc.Llama(model_path=str(art.path), n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True,
+                             verbose=False)
+    whole.eval(ids)
+    want = np.array(whole.scores[:len(ids)])
+    whole.close()
+    assert np.array_equal(got, want)
+    assert [len(b) for b in blocks] == [64] * 4 + [44] and np.array_equal(np.concatenate(blocks), want)
 
 
 def test_load_picks_runtime_from_path(gpt_oss_dir, gguf_dir, tmp_path):

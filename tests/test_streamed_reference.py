@@ -180,6 +180,34 @@ def test_gate_greedy_figures_equal_with_teacher_forcing(model, request):
     assert streamed.experts_run <= streamed.config.num_hidden_layers * n_experts, streamed.experts_run
 
 
+def test_kept_reference_answers_the_next_export(tmp_path):
+    """A second gate run on the same checkpoint (another quantization, a re-run) takes every
+    sequence the first one scored from the reference cache: no pass over the layers, the same
+    figures to the bit; a sequence not kept yet is computed and kept, and a cache file that was
+    damaged is computed again, never read as results."""
+    from edgeport.parity import gate
+    from edgeport.runtimes.reference import ReferenceRuntime
+    from edgeport.runtimes.streamed import StreamedReferenceRuntime
+
+    cand = _Jittered(ReferenceRuntime(GPT_OSS), scale=0.1)
+    first = StreamedReferenceRuntime(GPT_OSS, cache=tmp_path)
+    a = gate.run({"reference": first, "unquantized": cand}, {}, greedy_tokens=GREEDY)
+    kept = sorted(tmp_path.glob("*.npy"))
+    assert first.cache_hits == 0 and first.layers_run == first.config.num_hidden_layers and kept
+    again = StreamedReferenceRuntime(GPT_OSS, cache=tmp_path)
+    b = gate.run({"reference": again, "unquantized": cand}, {}, greedy_tokens=GREEDY)
+    assert again.layers_run == 0 and again.cache_hits == len(kept)
+    assert b["stages"] == a["stages"]
+    kept[0].write_bytes(b"not a numpy file")
+    other = _Jittered(ReferenceRuntime(GPT_OSS), scale=0.2)  # other continuations: new sequences
+    third = StreamedReferenceRuntime(GPT_OSS, cache=tmp_path)
+    c = gate.run({"reference": third, "unquantized": other}, {}, greedy_tokens=GREEDY)
+    assert third.layers_run == third.config.num_hidden_layers and 0 < third.cache_hits < len(kept)
+    fresh = gate.run({"reference": StreamedReferenceRuntime(GPT_OSS), "unquantized": other}, {},
+                     greedy_tokens=GREEDY)
+    assert c["stages"] == fresh["stages"]
+
+
 @pytest.mark.slow
 def test_whole_export_anonymous_memory_flat_in_layers(tmp_path):
     """`edgeport export --target cpu` with the importance matrix and parity on, 2 -> 6 layers of 32

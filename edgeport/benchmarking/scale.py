@@ -41,6 +41,7 @@ from edgeport.core.llama_tools import repack_args, tool
 from edgeport.export.imatrix import CHUNK, DEFAULT_CALIBRATION
 from edgeport.serving.engines import free_port, llama_server_command
 
+PEAK_PROMPT_TOKENS = 1536  # three full micro-batches of llama-server's 512
 STEPS = ("export", "llama.cpp", "plan", "memory", "serve", "publish", "reexport")
 
 
@@ -75,6 +76,12 @@ class Measured:
     returncode: int = 0
     log_tail: str = ""
     extra: dict = field(default_factory=dict)
+    # every TIMELINE_S: [seconds, anonymous GiB, RSS GiB, disk GiB, the log's last line]: where in
+    # the run each peak happened
+    timeline: list = field(default_factory=list)
+
+
+TIMELINE_S = 5.0
 
 
 def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, cwd: Path | None = None,
@@ -88,11 +95,19 @@ def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, 
         stop = threading.Event()
 
         def sample() -> None:
+            window = [0, 0, 0]  # the highest of each since the last timeline point
+            last = 0.0
             while not stop.is_set():
                 pids = tree(proc.pid)
-                m.peak_anon_bytes = max(m.peak_anon_bytes, 1024 * sum(status_kib(p, "RssAnon") for p in pids))
-                m.peak_rss_bytes = max(m.peak_rss_bytes, 1024 * sum(status_kib(p, "VmRSS") for p in pids))
-                m.peak_disk_bytes = max(m.peak_disk_bytes, _du(watch))
+                now = [1024 * sum(status_kib(p, "RssAnon") for p in pids),
+                       1024 * sum(status_kib(p, "VmRSS") for p in pids), _du(watch)]
+                m.peak_anon_bytes = max(m.peak_anon_bytes, now[0])
+                m.peak_rss_bytes = max(m.peak_rss_bytes, now[1])
+                m.peak_disk_bytes = max(m.peak_disk_bytes, now[2])
+                window = [max(a, b) for a, b in zip(window, now, strict=True)]
+                if (t := time.monotonic() - t0) - last >= TIMELINE_S:
+                    m.timeline.append([round(t, 1), *(round(v / 2**30, 3) for v in window), _last_line(log)])
+                    window, last = [0, 0, 0], t
                 stop.wait(0.2)
 
         th = threading.Thread(target=sample, daemon=True)
@@ -103,6 +118,16 @@ def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, 
     m.seconds = time.monotonic() - t0
     m.log_tail = log.read_text(errors="replace")[-1500:]
     return m
+
+
+def _last_line(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 400))
+            lines = [x for x in f.read().decode(errors="replace").replace("\r", "\n").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:100] if lines else ""
 
 
 def _gib(n: float) -> str:
@@ -150,7 +175,13 @@ def main() -> None:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
     edgeport = [sys.executable, "-m", "edgeport"]
     tmp = work / "tmp"  # the exports' temp dir, watched for disk
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    # the exports' caches (importance matrix, reference): cold for the first export, kept for
+    # the re-export (what they save is what it measures); watched for disk with the rest
+    caches = work / "cache"
+    if not a.resume:
+        shutil.rmtree(caches, ignore_errors=True)
+    env = {**os.environ, "TMPDIR": str(tmp), "EDGEPORT_IMATRIX_CACHE": str(caches / "imatrix"),
+           "EDGEPORT_REFERENCE_CACHE": str(caches / "reference")}
 
     def export(name: str, out: Path, *extra: str) -> Measured:
         """`out` sits alone in its own directory: the export stages beside it (.artifact.partial-*),
@@ -160,14 +191,15 @@ def main() -> None:
         tmp.mkdir()
         out.parent.mkdir(parents=True)
         m = run_measured([*edgeport, "export", "--target", "cpu", "--model", str(model), "--out", str(out), *extra],
-                         watch=[tmp, out.parent], env=env, log=work / f"{name}.log")
+                         watch=[tmp, out.parent, caches], env=env, log=work / f"{name}.log")
         if m.returncode:
             raise SystemExit(f"{name} failed (exit {m.returncode}):\n{m.log_tail}")
         manifest = json.loads((out / "manifest.json").read_text())
         m.extra = {"artifact_bytes": sum(f["bytes"] for f in manifest["files"]),
                    "imatrix": {k: manifest["quantization"]["imatrix"].get(k) for k in ("used", "seconds", "chunks",
                                                                                          "cached")},
-                   "parity_passed": manifest["parity"]["passed"]}
+                   "parity_passed": manifest["parity"]["passed"],
+                   "parity_seconds": manifest["parity"].get("seconds")}
         print(f"{name}: {m.seconds:.0f} s, peak anon {_gib(m.peak_anon_bytes)}, peak RSS {_gib(m.peak_rss_bytes)}, "
               f"peak disk beyond the source {_gib(m.peak_disk_bytes)}", flush=True)
         return m
@@ -258,10 +290,11 @@ def _gguf(art: Path) -> Path:
 
 
 def server_memory(edgeport: list[str], model: Path, art: Path, device: str, work: Path, ctx: int = 4096) -> dict:
-    """llama-server's peak RSS at `ctx` (one sequence; the command the front runs, which maps the
-    GGUF with MAP_POPULATE: the weights are resident once it is loaded) after one short request,
-    beside what `plan --llama-server` predicts for the same context, and the GGUF's bytes beside
-    the plan's."""
+    """llama-server's peak RSS at `ctx` (one sequence; the command the front runs) while it
+    serves a prompt of PEAK_PROMPT_TOKENS (several full 512-token micro-batches: the compute
+    buffer the plan counts is touched only by a full one, and a short prompt leaves most of it
+    untouched), beside what `plan --llama-server` predicts for the same context, and the
+    GGUF's bytes beside the plan's."""
     import httpx
 
     gguf = _gguf(art)
@@ -275,12 +308,15 @@ def server_memory(edgeport: list[str], model: Path, art: Path, device: str, work
     memory: dict = {}
     with _started(llama_server_command(tool("llama-server"), gguf, port, ctx, 1, None), "/health", port,
                   work / "llama-server-memory.log", memory) as url:
-        httpx.post(f"{url}/completion", json={"prompt": "The capital of France is", "n_predict": 16},
-                   timeout=600).raise_for_status()
+        text = "\n\n".join(json.loads(x)["text"] for x in DEFAULT_CALIBRATION.read_text().splitlines() if x.strip())
+        ids = httpx.post(f"{url}/tokenize", json={"content": text}, timeout=600).json()["tokens"][:PEAK_PROMPT_TOKENS]
+        httpx.post(f"{url}/completion", json={"prompt": ids, "n_predict": 16, "cache_prompt": False},
+                   timeout=1800).raise_for_status()
+    memory["prompt_tokens"] = len(ids)
     need = plan["pools"]["ram"]["need_bytes"]
     out = {"ctx": ctx, "gguf_bytes": gguf.stat().st_size, "plan_file_bytes": plan["weights"]["file_bytes"],
            "plan_need_bytes": need, "plan_parts": plan["pools"]["ram"]["parts"],
-           "llama_server_peak_rss_bytes": memory.get("peak_rss_bytes")}
+           "llama_server_peak_rss_bytes": memory.get("peak_rss_bytes"), "prompt_tokens": memory["prompt_tokens"]}
     out["file_error"] = out["plan_file_bytes"] / out["gguf_bytes"] - 1
     out["rss_error"] = need / out["llama_server_peak_rss_bytes"] - 1 if out["llama_server_peak_rss_bytes"] else None
     print(f"memory: GGUF {_gib(out['gguf_bytes'])} (plan {out['file_error']:+.2%}), llama-server peak RSS at ctx "

@@ -25,7 +25,7 @@ from edgeport.parity import gate
 from edgeport.parity.device import compare
 from edgeport.runtimes import load_runtime
 from edgeport.runtimes.reference import ReferenceRuntime, model_info_from_hf
-from edgeport.runtimes.streamed import StreamedReferenceRuntime
+from edgeport.runtimes.streamed import StreamedReferenceRuntime, reference_cache
 from edgeport.targets import FallbackAvailable
 
 from . import formats
@@ -137,7 +137,8 @@ def run_parity(job: Job, runtime: dict, inputs: dict[str, Path], variant: str | 
         with step("parity: loading the reference (transformers, streamed) and the artifact's runtime"):
             # transformers' own layers run one at a time from the safetensors: bounded memory at any
             # size, and equal to the whole-model ReferenceRuntime (tests/test_streamed_reference.py)
-            rts["reference"] = StreamedReferenceRuntime(job.src.root)
+            rts["reference"] = StreamedReferenceRuntime(
+                job.src.root, cache=reference_cache(mf.source_digest(job.src.checksums())))
             name = runtime.get("parity_runtime") or runtime["name"]
             if name == runtime["name"]:
                 options = runtime.get("options", {})

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from .metrics import check, compare_logits, greedy_match, summarize
+from .metrics import Comparer, check, greedy_match, summarize
 
 EVALSET = Path(__file__).with_name("evalset.json")
 SCHEMA = "edgeport.parity/1"
@@ -54,6 +55,8 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
     """`runtimes` maps roles (reference / unquantized / quantized) to loaded runtimes; stages
     whose two roles are both present are measured."""
     prompts, sha = load_evalset()
+    seconds = {role: 0.0 for role in runtimes}
+    runtimes = {role: _Timed(rt, seconds, role) for role, rt in runtimes.items()}
     ref = runtimes["reference"]
     stages = {s: ab for s, ab in STAGES.items() if ab[0] in runtimes and ab[1] in runtimes}
     comps: dict[str, list] = {s: [] for s in stages}
@@ -75,12 +78,19 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
             long_lengths.append(len(ids))
         if on_prompt:
             on_prompt(p["id"])
-        logits = {role: rt.logits(ids) for role, rt in runtimes.items()}
+        # every runtime's logits a block of positions at a time, each block compared in every
+        # stage it belongs to, then dropped: never a whole prompt's [n, vocab] logits per runtime
+        acc = {s: Comparer(p["id"], p["kind"], ids) for s in stages}
+        streams = {role: _blocks(rt, ids) for role, rt in runtimes.items()}
+        for row in zip(*streams.values(), strict=True):
+            block = dict(zip(streams, row, strict=True))
+            for s, (a, b) in stages.items():
+                acc[s].add(block[a], block[b])
+            del block, row
         for s, (a, b) in stages.items():
-            comps[s].append(compare_logits(p["id"], p["kind"], ids, logits[a], logits[b]))
+            comps[s].append(acc[s].result())
             if p["kind"] == "short":
                 greedy[s].append(_greedy_agreement(runtimes, forced, conts, a, b, ids))
-        del logits
     report_stages = {}
     for s, (a, b) in stages.items():
         summary = summarize(comps[s], greedy[s], greedy_tokens)
@@ -98,8 +108,64 @@ def run(runtimes: dict[str, Scored], thresholds: dict[str, dict], *, max_tokens:
         "schema": SCHEMA, "evalset_sha256": sha, "prompts": len(prompts), "max_tokens": max_tokens,
         "long_prompt_tokens": long_lengths, "sliding_window": sliding_window,
         "stages": report_stages, "passed": all(r["passed"] for r in report_stages.values()),
-        "notes": all_notes,
+        "seconds": {role: round(t, 2) for role, t in seconds.items()}, "notes": all_notes,
     }
+
+
+class _Timed:
+    """A runtime whose calls add their wall time to `seconds[role]`: the report says where
+    the gate's time went (at gpt-oss-20b's size, most of an export)."""
+
+    def __init__(self, rt: Scored, seconds: dict[str, float], role: str):
+        self._rt, self._seconds, self._role = rt, seconds, role
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._rt, name)
+        if name == "logit_blocks":
+            return lambda *a, **kw: self._timed_iter(attr(*a, **kw))
+        if name not in ("prepare", "logits", "greedy", "encode"):
+            return attr
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._seconds[self._role] += time.perf_counter() - t
+        return timed
+
+    def _timed_iter(self, it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self._seconds[self._role] += time.perf_counter() - t
+            yield item
+
+
+BLOCK = 128  # positions per block: at a 201k vocabulary, 103 MB of float32 per runtime
+
+
+def _blocks(rt: Scored, ids: list[int]) -> Iterator[np.ndarray]:
+    """The runtime's logits for `ids` in blocks of exactly BLOCK rows (the last one shorter),
+    whatever blocks it makes them in: all runtimes' blocks then line up row for row."""
+    make = getattr(rt, "logit_blocks", None)
+    parts = make(ids, BLOCK) if make is not None else iter([rt.logits(ids)])
+    pending: list[np.ndarray] = []
+    held = 0
+    for part in parts:
+        pending.append(part)
+        held += len(part)
+        while held >= BLOCK:
+            whole = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield whole[:BLOCK]
+            rest = whole[BLOCK:]
+            pending, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
 
 
 def _greedy_agreement(runtimes: dict[str, Scored], forced: set[str], conts: dict, a: str, b: str,
@@ -136,6 +202,8 @@ def table(report: dict):
     t = Table(title=f"parity ({report['prompts']} prompts, long ones {report['long_prompt_tokens']} tokens)")
     cols = ("stage", "reference -> candidate", "mean KL", "p99 KL", "top-1 regret (raw top-1)", "PPL ref -> cand",
             "greedy", "result")
+    if secs := report.get("seconds"):
+        t.caption = "seconds: " + ", ".join(f"{role} {v:.0f}" for role, v in secs.items())
     for col in cols:
         t.add_column(col)
     for name, r in report["stages"].items():

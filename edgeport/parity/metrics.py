@@ -8,6 +8,7 @@ next tokens, and greedy continuation match length.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,34 +62,63 @@ def top1_regret(ref_logprobs: np.ndarray, cand_top1: np.ndarray) -> np.ndarray:
 ROWS = 32  # positions compared at a time: float64 work arrays stay ~50 MB each at a 201k vocabulary
 
 
+class Comparer:
+    """One prompt's comparison, fed aligned row blocks of both sides' logits in order (`add`),
+    so neither side's [n, vocab] logits need exist at once: a 512-token prompt is 412 MB of
+    float32 per runtime at gpt-oss's vocabulary. Every figure is per position."""
+
+    def __init__(self, prompt_id: str, kind: str, ids: Sequence[int], n: int | None = None):
+        """`n` rows of logits (default: one per id); row i's next token is ids[i + 1]."""
+        self.prompt_id, self.kind, self.n = prompt_id, kind, len(ids) if n is None else n
+        self.nxt = np.asarray(ids[1:], dtype=np.int64)
+        self.kl, self.tie, self.regret = np.empty(self.n), np.empty(self.n, bool), np.empty(self.n)
+        self.top1 = np.empty(self.n, bool)
+        self.nll_ref, self.nll_cand = np.empty(max(self.n - 1, 0)), np.empty(max(self.n - 1, 0))
+        self.bad_ref: list[int] = []
+        self.bad_cand: list[int] = []
+        self.done = 0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        if ref.shape != cand.shape or self.done + len(ref) > self.n:
+            raise ValueError(f"{self.prompt_id}: logits shapes differ or overrun the prompt: {ref.shape} vs "
+                             f"{cand.shape} at row {self.done} of {self.n}")
+        for b0 in range(0, len(ref), ROWS):
+            a, b = ref[b0:b0 + ROWS], cand[b0:b0 + ROWS]
+            r0 = self.done + b0
+            r1 = r0 + len(a)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported
+                lr, lc = log_softmax(a), log_softmax(b)
+                self.kl[r0:r1] = (np.exp(lr) * (lr - lc)).sum(axis=-1)
+                top2 = np.partition(a, -2, axis=-1)[:, -2:]
+                self.tie[r0:r1] = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN
+            cand_top1 = b.argmax(-1)
+            self.top1[r0:r1] = a.argmax(-1) == cand_top1
+            self.regret[r0:r1] = top1_regret(lr, cand_top1)
+            k1 = min(r1, self.n - 1)  # rows that have a next token
+            if k1 > r0:
+                rows = np.arange(k1 - r0)
+                self.nll_ref[r0:k1] = -lr[rows, self.nxt[r0:k1]]
+                self.nll_cand[r0:k1] = -lc[rows, self.nxt[r0:k1]]
+            self.bad_ref += (r0 + np.flatnonzero(~np.isfinite(a).all(axis=-1))).tolist()
+            self.bad_cand += (r0 + np.flatnonzero(~np.isfinite(b).all(axis=-1))).tolist()
+        self.done += len(ref)
+
+    def result(self) -> PromptComparison:
+        if self.done != self.n:
+            raise ValueError(f"{self.prompt_id}: {self.done} of {self.n} positions compared")
+        return PromptComparison(self.prompt_id, self.kind, np.maximum(self.kl, 0.0), self.top1, self.nll_ref,
+                                self.nll_cand, self.tie, self.regret, np.asarray(self.bad_ref, dtype=np.int64),
+                                np.asarray(self.bad_cand, dtype=np.int64))
+
+
 def compare_logits(prompt_id: str, kind: str, ids: list[int], ref: np.ndarray,
                    cand: np.ndarray) -> PromptComparison:
-    """Row blocks of ROWS positions at a time: every figure is per position, and a whole 512-token
-    prompt in float64 would hold several GB of temporaries at gpt-oss's vocabulary."""
+    """Both sides' whole logits at once (a `Comparer` fed one block)."""
     if ref.shape != cand.shape:
         raise ValueError(f"{prompt_id}: logits shapes differ: {ref.shape} vs {cand.shape}")
-    n = len(ref)
-    kl, tie, regret = np.empty(n), np.empty(n, bool), np.empty(n)
-    nll_ref, nll_cand = np.empty(max(n - 1, 0)), np.empty(max(n - 1, 0))
-    nxt = np.asarray(ids[1:], dtype=np.int64)
-    for r0 in range(0, n, ROWS):
-        r1 = min(n, r0 + ROWS)
-        a, b = ref[r0:r1], cand[r0:r1]
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite logits: reported below
-            lr, lc = log_softmax(a), log_softmax(b)
-            kl[r0:r1] = (np.exp(lr) * (lr - lc)).sum(axis=-1)
-            top2 = np.partition(a, -2, axis=-1)[:, -2:]
-            tie[r0:r1] = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN
-        regret[r0:r1] = top1_regret(lr, b.argmax(-1))
-        k1 = min(r1, n - 1)  # rows that have a next token
-        if k1 > r0:
-            rows = np.arange(k1 - r0)
-            nll_ref[r0:k1] = -lr[rows, nxt[r0:k1]]
-            nll_cand[r0:k1] = -lc[rows, nxt[r0:k1]]
-    return PromptComparison(
-        prompt_id, kind, np.maximum(kl, 0.0), ref.argmax(-1) == cand.argmax(-1), nll_ref, nll_cand, tie, regret,
-        np.flatnonzero(~np.isfinite(ref).all(axis=-1)), np.flatnonzero(~np.isfinite(cand).all(axis=-1)),
-    )
+    c = Comparer(prompt_id, kind, ids, len(ref))
+    c.add(ref, cand)
+    return c.result()
 
 
 def finite_or_none(x):

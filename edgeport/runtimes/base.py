@@ -59,6 +59,14 @@ class Runtime(ABC):
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """float32 [len(token_ids), vocab]: row i predicts token i+1."""
 
+    def logit_blocks(self, token_ids: Sequence[int], rows: int) -> Iterator[np.ndarray]:
+        """`logits` a block of at most `rows` positions at a time, in order, for a caller that
+        never needs them all at once (the parity gate). This default computes them all; a
+        runtime that can produce them a block at a time overrides it."""
+        full = self.logits(token_ids)
+        for r0 in range(0, len(full), rows):
+            yield full[r0:r0 + rows]
+
     @abstractmethod
     def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
         """Yield next-token logits; receive the chosen token with send(). `max_new_tokens`: how

@@ -6,7 +6,7 @@ extra buffer types are off on CPUs with Intel AMX, where repacked Q4_K matmuls s
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import gguf
@@ -74,17 +74,65 @@ class LlamaCppRuntime(Runtime):
         return self._gen.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        out = np.empty((len(token_ids), self._gen.n_vocab()), dtype=np.float32)
+        r0 = 0
+        for block in self._scored(token_ids, copy=False):
+            out[r0:r0 + len(block)] = block
+            r0 += len(block)
+        return out
+
+    def logit_blocks(self, token_ids: Sequence[int], rows: int) -> Iterator[np.ndarray]:
+        """Each scoring batch's rows as it is decoded (the scoring batch is at most 512 rows and
+        the caller's `rows` only bounds what it holds: the blocks come as llama.cpp makes them)."""
+        yield from self._scored(token_ids, copy=True)
+
+    def _scored(self, token_ids: Sequence[int], copy: bool) -> Iterator[np.ndarray]:
+        """Every position's logits, one scoring batch at a time, read from llama.cpp's output
+        buffer (a view, overwritten by the next batch, unless `copy`); never Llama.eval's
+        n_ctx x vocab `scores` copy."""
         n = len(token_ids)
         if n > self.n_ctx:
             raise ValueError(f"{n} tokens do not fit n_ctx={self.n_ctx}")
-        if self._scorer is None or self._scorer.n_ctx() < n:
+        ctx, batch, rows = self._scoring_context(n)
+        ctx.kv_cache_clear()
+        vocab = self._gen.n_vocab()
+        for i in range(0, n, rows):
+            part = list(token_ids[i:i + rows])
+            batch.set_batch(batch=part, n_past=i, logits_all=True)
+            ctx.decode(batch)
+            view = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(part), vocab))
+            yield view.copy() if copy else view
+
+    def _scoring_context(self, n: int):
+        """A second context on the same loaded model (never a second load: no second copy of
+        repacked weights) for scoring every position. llama.cpp keeps an output buffer of one
+        batch's logits (rows x vocab float32) and a compute buffer sized by the batch for the
+        context's life, so at a large vocabulary the batch is cut to keep the output buffer near
+        128 MiB (128 rows at gpt-oss's 201k; small vocabularies keep 512). Its sliding-window
+        layers keep the full cache: a prompt scored in several batches then gets exactly the
+        logits of one batch, which is how llama-server (512-token micro-batches) processes the
+        eval prompts (at most 512 tokens); with the small cache they would depend on the batch."""
+        if self._scorer is None or self._scorer[0].params.n_ctx < n:
+            from llama_cpp import _internals
+
             if self._scorer is not None:
-                self._scorer.close()
-            self._scorer = self._load(logits_all=True, n_ctx=min(self.n_ctx, max(512, 1 << (n - 1).bit_length())))
-        s = self._scorer
-        s.reset()
-        s.eval(list(token_ids))
-        return np.array(s.scores[:n], dtype=np.float32)
+                self._scorer[0].close()
+                self._scorer[1].close()
+            rows = self._scoring_rows()
+            gen = self._gen.context_params  # the generating context's settings (its YaRN ones included)
+            params = type(gen).from_buffer_copy(gen)
+            params.n_ctx = min(self.n_ctx, max(512, 1 << (n - 1).bit_length()))
+            params.n_batch = params.n_ubatch = rows
+            params.swa_full = True
+            with LlamaLog():
+                ctx = _internals.LlamaContext(model=self._gen._model, params=params, verbose=False)
+            batch = _internals.LlamaBatch(n_tokens=rows, embd=0, n_seq_max=1, verbose=False)
+            self._scorer = (ctx, batch, rows)
+        return self._scorer
+
+    def _scoring_rows(self) -> int:
+        rows = (128 << 20) // (4 * self._gen.n_vocab())
+        return max(64, min(512, 1 << max(0, rows.bit_length() - 1)))
 
     def _last_logits(self) -> np.ndarray:
         return np.ctypeslib.as_array(self._gen._ctx.get_logits(), shape=(self._gen.n_vocab(),)).copy()
@@ -102,7 +150,7 @@ class LlamaCppRuntime(Runtime):
             g.eval([tok])
 
     def close(self) -> None:
-        for m in (self._gen, self._scorer):
+        for m in (*(self._scorer or ())[:2], self._gen):
             if m is not None:
                 m.close()
         self._gen = self._scorer = None

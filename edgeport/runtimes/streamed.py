@@ -23,12 +23,17 @@ continuation teacher-forced in the same single pass, which gives the same match 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import hashlib
+import json
+import os
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgeport.core.atomic import atomic_file
+from edgeport.core.llama_tools import cache_root
 from edgeport.core.source import Source
 
 from .base import ModelInfo, Runtime, TokenizerFileMixin, load_tokenizer
@@ -45,6 +50,23 @@ class _Seq:
     out: list[int] = field(default_factory=list)  # greedy tokens so far
 
 
+CACHE_ENV = "EDGEPORT_REFERENCE_CACHE"  # where kept final hidden states go (default: cache_root()/reference)
+CACHE_VERSION = 1  # bump when what the pass computes changes
+
+
+def reference_cache(source_digest: str) -> Path:
+    """The directory of a checkpoint's kept reference results: keyed by its content digest and
+    by what computes them (this code's CACHE_VERSION, torch and transformers), so another
+    export of the same checkpoint (another quantization, a re-run) skips the pass over its
+    layers for every sequence already scored. Safe to delete at any time."""
+    import torch
+    import transformers
+
+    key = hashlib.sha256(json.dumps({"source": source_digest, "version": CACHE_VERSION, "torch": torch.__version__,
+                                     "transformers": transformers.__version__}, sort_keys=True).encode()).hexdigest()
+    return Path(os.environ.get(CACHE_ENV) or cache_root() / "reference") / key
+
+
 def _is_experts(module) -> bool:
     """A stacked-experts module (gpt-oss's GptOssExperts): its weights load lazily, per routed expert."""
     return hasattr(module, "num_experts") and hasattr(module, "gate_up_proj")
@@ -56,7 +78,10 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
     # instead of asking for this runtime's own (one more pass over every layer per token)
     forced_greedy = True
 
-    def __init__(self, root: str | Path, info: ModelInfo | None = None, dtype: str = "float32"):
+    def __init__(self, root: str | Path, info: ModelInfo | None = None, dtype: str = "float32",
+                 cache: Path | None = None):
+        """`cache`: a reference_cache() directory: `prepare` answers each sequence kept there from it
+        (its final hidden states, float32) and keeps there those it computes."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -92,6 +117,8 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         self._hidden: dict[tuple[int, ...], object] = {}
         self._greedy: dict[tuple[tuple[int, ...], int], list[int]] = {}
         self.layers_run = 0  # layer materializations, for tests and measurements
+        self.cache = cache
+        self.cache_hits = 0
 
     # --- weights ------------------------------------------------------------------------------
     def _tensor(self, name: str, rows: slice | None = None):
@@ -285,10 +312,16 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
         from what is kept (final hidden states and token ids, never logits)."""
         want_greedy = {tuple(g) for g in greedy} if greedy_tokens > 0 else set()
         keys = list(dict.fromkeys([tuple(p) for p in prompts] + sorted(want_greedy)))
-        seqs = {k: _Seq(list(k), self._new_cache() if k in want_greedy else None) for k in keys}
-        self._run(list(seqs.values()))
+        for k in keys:
+            if k not in want_greedy and (h := self._cached(k)) is not None:
+                self._hidden[k] = h
+        seqs = {k: _Seq(list(k), self._new_cache() if k in want_greedy else None) for k in keys
+                if k not in self._hidden or k in want_greedy}
+        if seqs:
+            self._run(list(seqs.values()))
         for k, s in seqs.items():
             self._hidden[k] = s.hidden
+            self._keep(k, s.hidden)
         if want_greedy:
             gs = [seqs[k] for k in want_greedy]
             self._continue(gs, greedy_tokens)
@@ -296,15 +329,52 @@ class StreamedReferenceRuntime(TokenizerFileMixin, Runtime):
                 self._greedy[(k, greedy_tokens)] = seqs[k].out
                 seqs[k].cache = None
 
+    def _cache_file(self, key: tuple[int, ...]) -> Path | None:
+        if self.cache is None:
+            return None
+        return self.cache / (hashlib.sha256(np.asarray(key, dtype=np.int64).tobytes()).hexdigest() + ".npy")
+
+    def _cached(self, key: tuple[int, ...]):
+        f = self._cache_file(key)
+        try:
+            h = np.load(f, allow_pickle=False) if f is not None and f.is_file() else None
+        except (OSError, ValueError):
+            return None  # unreadable: computed again (and rewritten)
+        if h is None or h.shape[0] != len(key) or h.dtype != np.float32:
+            return None
+        self.cache_hits += 1
+        return self.torch.from_numpy(h)
+
+    def _keep(self, key: tuple[int, ...], hidden) -> None:
+        if (f := self._cache_file(key)) is None:
+            return
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(f, "wb") as out:
+                np.save(out, hidden.numpy(), allow_pickle=False)
+        except OSError:
+            pass  # a cache that cannot be written costs the next export time, nothing else
+
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self._logits(self._final_hidden(token_ids)).numpy()
+
+    def logit_blocks(self, token_ids: Sequence[int], rows: int) -> Iterator[np.ndarray]:
+        """`rows` positions' logits at a time from the kept final hidden states (the lm_head is
+        read once per block)."""
+        hidden = self._final_hidden(token_ids)
+        for r0 in range(0, len(hidden), rows):
+            with self.torch.inference_mode():
+                yield self._logits(hidden[r0:r0 + rows]).numpy()
+
+    def _final_hidden(self, token_ids: Sequence[int]):
         key = tuple(int(t) for t in token_ids)
         hidden = self._hidden.get(key)
         if hidden is None:
             s = _Seq(list(key))
             self._run([s])
             hidden = s.hidden
-        with self.torch.inference_mode():
-            return self._logits(hidden).numpy()
+        return hidden
 
     def greedy(self, prompt_ids: list[int], n: int) -> list[int]:
         key = tuple(int(t) for t in prompt_ids)
