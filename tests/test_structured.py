@@ -133,13 +133,14 @@ def test_a_schema_that_cannot_be_enforced_is_a_400(served, schema, code, words):
 
 
 def test_an_engine_without_constraints_refuses_response_format():
-    """ONNX and vLLM engines (no constrained decoding here yet) say so instead of answering free text."""
+    """An engine without constrained decoding (vLLM's is not wired up yet) says so instead of answering free
+    text."""
     from edgeport.runtimes.base import ModelInfo
     from edgeport.serving.app import Settings, create_app
     from edgeport.serving.engines import Engine, Piece
 
     class Free(Engine):
-        name = "in-process onnxruntime"
+        name = "vllm"
 
         async def tokenize(self, text: str) -> list[int]:
             return [1] * len(text.split())

@@ -1,36 +1,114 @@
-"""Over the in-process ONNX runtime (no constrained decoding there yet), through the real `openai` client
-against `python -m edgeport.serving`: what needs a grammar is refused with a 400 that says so, never
-answered as free text; tools that need none (offered, `auto`) work as over llama-server."""
+"""Structured outputs and forced tool calls over the in-process ONNX runtime, enforced by an llguidance
+token mask in the runtime's own sampling loop (edgeport/serving/guidance.py), held to the same tests as
+llama-server (tests/test_structured.py, tests/test_tools.py) through the real `openai` client against
+`python -m edgeport.serving`, on the bundled tiny models (too weak to write schema-valid JSON by chance).
+
+Per model and run: 13 strict `json_schema` answers validated with `jsonschema` (3 prompts at temperature
+0, 10 seeds at temperature 1), 3 `json_object` answers; on gpt-oss 21 forced calls (required and each
+named tool, temperature 0 and 6 seeds at 1)."""
 
 from __future__ import annotations
 
 import openai
 import pytest
 
+from tests import test_structured as structured
+from tests import test_tools as tools
 from tests.test_serving import _client, _model, server
-from tests.test_tools import HAIKU, TOOLS
 
 
-@pytest.fixture(scope="module", params=[pytest.param("onnx-gpt-oss-mxfp4-int8", marks=pytest.mark.toolenv)],
-                ids=["onnx-gpt-oss"])
+@pytest.fixture(scope="module", params=[pytest.param("onnx-gpt-oss-mxfp4-int8", marks=pytest.mark.toolenv),
+                                        pytest.param("onnx-llama-int8", marks=pytest.mark.toolenv)],
+                ids=["onnx-gpt-oss", "onnx-llama"])
 def served(request, exported):
-    path, _ = exported(request.param)
+    path, manifest = exported(request.param)
     with server(path, "--ctx", "1024") as url:
-        yield url
+        yield url, manifest["model"]["chat_format"] == "harmony"
 
 
-def test_onnx_refuses_what_it_cannot_constrain_and_serves_tools(served):
-    c = _client(served)
+def test_every_answer_validates_at_temperature_0_and_1(served):
+    structured.test_every_answer_validates_at_temperature_0_and_1(served)
+
+
+def test_streamed_answer_is_the_same_and_validates(served):
+    structured.test_streamed_answer_is_the_same_and_validates(served)
+
+
+def test_json_object_is_an_object(served):
+    structured.test_json_object_is_an_object(served)
+
+
+def test_a_truncated_answer_says_length(served):
+    structured.test_a_truncated_answer_says_length(served)
+
+
+@pytest.mark.parametrize("schema,code,words", [
+    ({"type": "object", "properties": {"x": {"type": "string", "pattern": "^a+$"}}}, "unsupported_schema", "pattern"),
+    ({"type": "array", "uniqueItems": True}, "unsupported_schema", "uniqueItems"),
+    ({"type": 5}, "invalid_json_schema", "type"),
+    ({"type": "integer", "minimum": 5, "maximum": 1}, "unsupported_schema", "Unsatisfiable"),  # llguidance's own
+])
+def test_a_schema_that_cannot_be_enforced_is_a_400(served, schema, code, words):
+    """The same decisions as over llama-server (constrained.check_schema), then llguidance's compiler, in
+    OpenAI's error shape, before any stream starts."""
+    structured.test_a_schema_that_cannot_be_enforced_is_a_400(served, schema, code, words)
+
+
+@pytest.mark.parametrize("choice", ["required", "add", "get_weather"])
+def test_a_forced_call_is_always_made_and_valid(served, choice):
+    url, harmony = served
+    if not harmony:  # tools are rendered for harmony models only: a 400 on every engine
+        with pytest.raises(openai.BadRequestError) as e:
+            c = _client(url)
+            c.chat.completions.create(model=_model(c), messages=tools.HAIKU, tools=tools.TOOLS, tool_choice="required")
+        assert e.value.response.json()["error"]["code"] == "unsupported_tools"
+        return
+    tools.test_a_forced_call_is_always_made_and_valid(url, choice)
+
+
+def test_streamed_call_deltas_reassemble_to_the_same_call(served):
+    url, harmony = served
+    if harmony:
+        tools.test_streamed_call_deltas_reassemble_to_the_same_call(url)
+
+
+def test_without_llguidance_the_engine_says_what_to_install(monkeypatch):
+    """An install without llguidance refuses (no free-text fallback) and names the extra that has it."""
+    from edgeport.runtimes.base import ModelInfo
+    from edgeport.serving import guidance
+    from edgeport.serving.engines import RuntimeEngine
+
+    class Tok:
+        def get_vocab_size(self, with_added_tokens: bool) -> int:
+            return 8
+
+        def to_str(self) -> str:
+            return "{}"
+
+    class Runtime:
+        name, tok = "onnxruntime", Tok()
+        info = ModelInfo(architecture="x", chat_format="harmony", stop_token_ids=[1])
+
+        def detokenize(self, ids) -> str:
+            return ""
+
+    monkeypatch.setattr(guidance, "available", lambda: False)
+    engine = RuntimeEngine(Runtime(), n_ctx=64)
+    assert not engine.constrains
+    for param in ("response_format", "tool_choice"):
+        err = engine.constraint_error(param).body()["error"]
+        assert err["code"] == f"unsupported_{param}" and "pip install 'edgeport[onnx]'" in err["message"]
+
+
+def test_offered_tools_are_rendered_and_parsed(served):
+    """Tools that need no constraint (offered, `auto`) work as over llama-server."""
+    url, harmony = served
+    if not harmony:
+        return
+    c = _client(url)
     model = _model(c)
-    for kw, code in [({"response_format": {"type": "json_object"}}, "unsupported_response_format"),
-                     ({"tools": TOOLS, "tool_choice": "required"}, "unsupported_tool_choice")]:
-        for stream in (False, True):
-            with pytest.raises(openai.BadRequestError) as e:
-                c.chat.completions.create(model=model, messages=HAIKU, max_tokens=8, stream=stream, **kw)
-            err = e.value.response.json()["error"]
-            assert err["code"] == code and "not supported by this engine (in-process onnxruntime" in err["message"]
-    # offered tools are rendered into the prompt and the answer parsed as on every engine
-    plain = c.chat.completions.create(model=model, messages=HAIKU, max_tokens=4, temperature=0)
-    auto = c.chat.completions.create(model=model, messages=HAIKU, tools=TOOLS, max_tokens=4, temperature=0)
+    plain = c.chat.completions.create(model=model, messages=tools.HAIKU, max_tokens=4, temperature=0)
+    auto = c.chat.completions.create(model=model, messages=tools.HAIKU, tools=tools.TOOLS, max_tokens=4,
+                                     temperature=0)
     assert auto.usage.prompt_tokens > plain.usage.prompt_tokens
     assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")

@@ -68,19 +68,25 @@ def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=6
     "artifact": ARTIFACT_HELP,
     "reasoning_effort": "gpt-oss: low|medium|high (or fast|balanced|deep); /effort changes it in the chat",
     "max_new_tokens": "tokens per answer", "temperature": "0 = greedy", "seed": "sampling seed",
+    "tools": "gpt-oss: a JSON file holding a list of OpenAI tool definitions; a call is shown as it streams "
+             "and its result asked for",
 })
 @cli
-def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0):
+def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0, tools=None):
     """Chat with an artifact in the terminal: multi-turn, streaming, gpt-oss reasoning shown
-    apart from the answer. Commands: /effort low|medium|high, /reset, /exit (or Ctrl-D)."""
+    apart from the answer, function calls as they stream. Commands: /effort low|medium|high, /reset,
+    /exit (or Ctrl-D)."""
     max_new_tokens, temperature, seed = generation_options(artifact, reasoning_effort, max_new_tokens,
                                                            temperature, seed)
+    from edgeport.serving.chat import load_tools
+
+    declared = load_tools(tools)
     require_runtime_of(artifact, "chat")
     quiet_libs()
     from edgeport.serving.chat import chat as do_chat
 
     do_chat(artifact, reasoning_effort=reasoning_effort, max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed)
+            seed=seed, tools=declared)
 
 
 def _serve(c, **options):

@@ -66,3 +66,24 @@ def show(c, artifact, json_=False):
         print(json.dumps(m, indent=2))
         return
     stdout().print(render(Path(artifact), m))
+    stdout().print(serving_support(m))
+
+
+def serving_support(m: dict):
+    """What `edgeport serve` supports over this artifact's engine, from the table the server refuses by
+    (edgeport/serving/support.py), so show and the server cannot disagree."""
+    from rich.table import Table
+
+    from edgeport.serving.support import features, support
+
+    rt = m["runtime"]["name"]
+    s = support(rt)
+    f = features(rt, m["model"].get("chat_format") == "harmony")
+    if not f:
+        return f"serving: {s.engine} is not served by edgeport serve (see the kit's run.sh)"
+    t = Table(title=f"serving over {s.engine}" + ("" if s.run_here else " (not run here)"))
+    t.add_column("feature")
+    t.add_column("support")
+    for name, how in f.items():
+        t.add_row(name, how)
+    return t

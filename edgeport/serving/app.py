@@ -208,8 +208,8 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
                                effort=req.reasoning_effort)
     else:
         raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
-    schema = _schema(engine, req)
-    _check_forced(engine, req, forced)
+    schema = await _schema(engine, req)
+    await _check_forced(engine, req, forced)
     gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
     gen.json_schema = schema
     if forced:  # a call the model must make: constrained, not hoped for
@@ -219,7 +219,7 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
     return gen, engine.generate(gen)  # a dense model's whole answer is
 
 
-def _schema(engine: Engine, req: ChatRequest) -> dict | None:
+async def _schema(engine: Engine, req: ChatRequest) -> dict | None:
     """The schema the answer is decoded under, checked before anything is generated (an engine that
     cannot enforce it refuses the request: no silent fallback to free text)."""
     schema = req.response_format.schema_to_enforce() if req.response_format else None
@@ -228,10 +228,11 @@ def _schema(engine: Engine, req: ChatRequest) -> dict | None:
     if not engine.constrains:
         raise engine.constraint_error()
     check_schema(schema)
+    await engine.check_constraint(schema, None, "response_format.json_schema.schema")
     return schema
 
 
-def _check_forced(engine: Engine, req: ChatRequest, forced: list[dict]) -> None:
+async def _check_forced(engine: Engine, req: ChatRequest, forced: list[dict]) -> None:
     """A forced call needs an engine that constrains decoding, and parameters it can enforce."""
     if not forced:
         return
@@ -241,6 +242,7 @@ def _check_forced(engine: Engine, req: ChatRequest, forced: list[dict]) -> None:
         if t["parameters"] is not None:
             i = next(i for i, x in enumerate(req.tools) if x.function.name == t["name"])
             check_schema(t["parameters"], f"tools.{i}.function.parameters")
+            await engine.check_constraint(t["parameters"], None, f"tools.{i}.function.parameters")
 
 
 async def _generation(engine: Engine, req, text: str, *, plain: bool = False,

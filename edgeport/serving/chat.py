@@ -2,16 +2,21 @@
 
 The artifact's own runtime runs in-process (no server); gpt-oss output goes through the same
 harmony parser as the server, so reasoning is shown apart from the answer (dimmed) and never
-kept in the history. Commands: /effort low|medium|high (or fast|balanced|deep), /reset, /exit.
+kept in the history, and a function call is shown as it streams (`call: NAME ARGUMENTS`).
+`--tools FILE` declares OpenAI tool definitions to gpt-oss as the server does; after a call the
+chat asks for its result and the model goes on. Commands: /effort low|medium|high (or
+fast|balanced|deep), /reset, /exit.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from edgeport import runtimes
 from edgeport.core.errors import EdgeportError
-from edgeport.core.harmony import HarmonyStream, normalize_effort
+from edgeport.core.harmony import HarmonyStream, normalize_effort, render_harmony
 
 HELP = "commands: /effort low|medium|high (fast|balanced|deep), /reset, /exit"
 
@@ -29,23 +34,55 @@ def effort_or_error(value: str | None) -> str | None:
         raise ChatError(str(e)) from None
 
 
+def load_tools(path: str | None) -> list[dict]:
+    """--tools FILE: a JSON list of OpenAI tool definitions, validated as the server validates `tools`
+    and returned as the harmony renderer takes them; a mistake is one line before the model loads."""
+    if path is None:
+        return []
+    from pydantic import TypeAdapter, ValidationError
+
+    from .protocol import Tool
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ChatError(f"--tools {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ChatError(f"--tools {path}: not JSON: {e}") from None
+    if not isinstance(data, list):
+        raise ChatError(f"--tools {path}: must be a JSON list of tool definitions "
+                        '([{"type": "function", "function": {"name": ...}}])')
+    try:
+        tools = [t.spec() for t in TypeAdapter(list[Tool]).validate_python(data)]
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ChatError(f"--tools {path}: item {where}: {err['msg']}") from None
+    if len({t["name"] for t in tools}) != len(tools):
+        raise ChatError(f"--tools {path}: two tools have the same name")
+    return tools
+
+
 class Reply:
     """Prints one streamed reply: gpt-oss reasoning (harmony's analysis channel) after
-    `thinking: `, dimmed on a terminal, then the answer after `assistant: `; no harmony marker is
-    shown. `edgeport chat` and `edgeport run --chat` both print through it."""
+    `thinking: `, dimmed on a terminal, then the answer after `assistant: `, and each function call
+    as it streams, after `call: ` (its name, then its arguments); no harmony marker is shown.
+    `edgeport chat` and `edgeport run --chat` both print through it."""
 
     def __init__(self, out, *, harmony: bool, label_plain: bool = True):
         self.out, self.parser = out, HarmonyStream() if harmony else None
         tty = out.isatty()
         self.dim, self.bold, self.reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
         self.label_plain = label_plain  # label a non-harmony answer too
-        self.state: str | None = None  # None, "reasoning", "answer"
+        self.state: str | None = None  # None, "reasoning", "answer", "call"
         self.answer: list[str] = []
+        self.calls: list[dict] = []  # [{"name", "arguments"}], as the renderers take an assistant's calls
 
     def feed(self, piece: str) -> None:
         if self.parser:
             d = self.parser.feed(piece)
             self._show(d.reasoning, d.content)
+            self._calls(d.calls)
         else:
             self._show("", piece)
 
@@ -54,20 +91,35 @@ class Reply:
         if self.parser:
             d = self.parser.finish()
             self._show(d.reasoning, d.content)
+            self._calls(d.calls)
         self.out.write(f"{self.reset if self.dim else ''}\n")
         self.out.flush()
         return "".join(self.answer)
+
+    def _calls(self, deltas: list) -> None:
+        for c in deltas:
+            if c.name is not None:  # a new call: its name first, then its arguments as they stream
+                self.out.write(f"{self.reset}\n" if self.state else "")
+                self.out.write(f"{self.bold}call:{self.reset} {c.name} ")
+                self.calls.append({"name": c.name, "arguments": ""})
+                self.state = "call"
+            if c.arguments:
+                self.out.write(c.arguments)
+                self.calls[-1]["arguments"] += c.arguments
+        if deltas:
+            self.out.flush()
 
     def _show(self, reasoning: str, content: str) -> None:
         out = self.out
         if reasoning:
             if self.state != "reasoning":
+                out.write(f"{self.reset}\n" if self.state == "call" else "")
                 out.write(f"{self.dim}thinking: ")
                 self.state = "reasoning"
             out.write(reasoning)
         if content:
             if self.state != "answer":
-                out.write(f"{self.reset}\n" if self.state == "reasoning" else "")
+                out.write(f"{self.reset}\n" if self.state in ("reasoning", "call") else "")
                 if self.parser or self.label_plain:
                     out.write(f"{self.bold}assistant:{self.reset} ")
                 self.state = "answer"
@@ -77,12 +129,15 @@ class Reply:
 
 
 def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: int = 256,
-         temperature: float = 0.0, seed: int = 0) -> None:
+         temperature: float = 0.0, seed: int = 0, tools: list[dict] | None = None) -> None:
     effort = effort_or_error(reasoning_effort)
     out = sys.stdout
     with runtimes.load(artifact) as rt:
         harmony = rt.info.chat_format == "harmony"
-        print(f"chatting with {artifact} ({rt.name}); {HELP}", file=out, flush=True)
+        if tools and not harmony:
+            raise ChatError("--tools: tools are declared to gpt-oss (harmony) models only yet")
+        shown = f"; tools: {', '.join(t['name'] for t in tools)}" if tools else ""
+        print(f"chatting with {artifact} ({rt.name}){shown}; {HELP}", file=out, flush=True)
         history: list[dict] = []
         while True:
             try:
@@ -110,8 +165,25 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
                     print(f"unknown command {cmd}; {HELP}", file=out, flush=True)
                 continue
             history.append({"role": "user", "content": text})
-            reply = Reply(out, harmony=harmony)
-            for piece in rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                   reasoning_effort=effort):
-                reply.feed(piece)
-            history.append({"role": "assistant", "content": reply.finish()})
+            while True:  # the model's turn, and after each call it makes, its result and the model again
+                reply = Reply(out, harmony=harmony)
+                if tools:  # declared in the developer message, as the server renders them
+                    ids = rt.encode(render_harmony(history, effort, tools=tools), add_bos=False)
+                    pieces = rt.stream_ids(ids, max_new_tokens, temperature, 1.0, seed)
+                else:
+                    pieces = rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                       reasoning_effort=effort)
+                for piece in pieces:
+                    reply.feed(piece)
+                answer = reply.finish()
+                history.append({"role": "assistant", "content": answer, **({"tool_calls": reply.calls} if reply.calls
+                                                                           else {})})
+                if not reply.calls:
+                    break
+                for call in reply.calls:
+                    try:
+                        result = input(f"result of {call['name']}> ")
+                    except EOFError:
+                        print(file=out)
+                        return
+                    history.append({"role": "tool", "name": call["name"], "content": result})

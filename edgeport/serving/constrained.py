@@ -1,12 +1,14 @@
-"""Constrained decoding over llama-server: which JSON schemas it can enforce, gpt-oss's answer
-decoded under one while its reasoning runs free, and the function call a request forces.
+"""Constrained decoding's decisions, for every engine that constrains (llama-server's grammar, the
+in-process ONNX runtime's llguidance mask: guidance.py): which JSON schemas are enforced, gpt-oss's
+answer decoded under one while its reasoning runs free, and the function call a request forces.
 
 llama.cpp's converter (common/json-schema.cpp, json-schema-to-grammar.cpp at the pinned commit)
 turns a schema into a grammar, but it skips what it cannot express without saying so to the client
 (a number's bounds, `multipleOf`, `not`, a `pattern` it cannot translate, `oneOf`'s exclusivity…):
 the answer would then be decoded under a looser grammar than the schema. `check_schema` accepts
 only the keywords the converter enforces, so a schema is either enforced whole or refused with a
-400 that names the keyword; llama-server then converts it itself (its `json_schema` field).
+400 that names the keyword; llama-server then converts it itself (its `json_schema` field). The ONNX
+engine accepts the same set (llguidance enforces more, but one set keeps the engines in agreement).
 
 gpt-oss writes its analysis before the answer, and a schema must bind only the answer. The grammar
 cannot start in the middle of a generation at the final channel's header (a lazy grammar fed the

@@ -38,7 +38,9 @@ from edgeport.core.llama_tools import repack_args, tool
 from edgeport.runtimes.base import GenerationResult, ModelInfo
 from edgeport.runtimes.llamacpp import train_context
 
+from . import guidance
 from .protocol import APIError
+from .support import support
 
 
 @dataclass
@@ -81,6 +83,10 @@ class Engine(ABC):
         what = "response_format" if param == "response_format" else "tool_choice required or naming a function"
         return APIError(400, f"{what} is not supported by this engine ({self.name}) yet", param=param,
                         code=f"unsupported_{param}")
+
+    async def check_constraint(self, json_schema: dict | None, grammar: str | None, param: str) -> None:  # noqa: B027
+        """A 400 for a constraint this engine's own compiler refuses, before anything is generated
+        (constrained.check_schema has already refused what no engine here enforces whole)."""
 
     async def start(self) -> None:  # noqa: B027 - optional
         pass
@@ -181,7 +187,7 @@ def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: in
 
 class LlamaServerEngine(Engine):
     name = "llama-server"
-    constrains = True  # its json_schema (llama.cpp's converter) and GBNF grammar fields
+    constrains = support("llama.cpp").constrains  # its json_schema (llama.cpp's converter) and GBNF grammar fields
 
     def __init__(self, gguf: Path, info: ModelInfo, n_ctx: int, slots: int, threads: int | None = None):
         super().__init__(info, n_ctx, slots)
@@ -261,7 +267,9 @@ def _grammar_refused(resp: httpx.Response) -> APIError:
 
 
 class RuntimeEngine(Engine):
-    """A `runtimes.Runtime` in-process: one generation at a time on one worker thread."""
+    """A `runtimes.Runtime` in-process: one generation at a time on one worker thread. Where the runtime
+    samples in our Python loop and takes a `constraint` (ONNX), a JSON schema or grammar is enforced by
+    an llguidance token mask applied at every step (guidance.py)."""
 
     def __init__(self, runtime, n_ctx: int):
         super().__init__(runtime.info, n_ctx, slots=1)
@@ -269,8 +277,29 @@ class RuntimeEngine(Engine):
         self.name = f"in-process {runtime.name}"
         self._lock = asyncio.Lock()
         self.stop_texts = [runtime.detokenize([t]) for t in runtime.info.stop_token_ids]
-        if getattr(runtime, "tok", None) is not None and hasattr(runtime.tok, "get_vocab_size"):
-            self.vocab_size = runtime.tok.get_vocab_size(with_added_tokens=True)
+        tok = getattr(runtime, "tok", None)
+        if tok is not None and hasattr(tok, "get_vocab_size"):
+            self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self._masks = support(runtime.name).constrains and tok is not None and hasattr(tok, "to_str")
+        self.constrains = self._masks and guidance.available()
+        self._guide: guidance.Guide | None = None
+
+    def constraint_error(self, param: str = "response_format") -> APIError:
+        if self._masks:  # the engine can, the install cannot
+            what = "response_format" if param == "response_format" else "tool_choice required or naming a function"
+            return APIError(400, f"{what} over {self.name} needs llguidance, not installed on this server: "
+                                 "pip install 'edgeport[onnx]'", param=param, code=f"unsupported_{param}")
+        return super().constraint_error(param)
+
+    async def _guide_for(self) -> guidance.Guide:
+        if self._guide is None:  # once per engine: the tokenizer's token trie
+            self._guide = await asyncio.to_thread(guidance.Guide, self.rt.tok.to_str(), self.vocab_size,
+                                                  self.info.stop_token_ids)
+        return self._guide
+
+    async def check_constraint(self, json_schema: dict | None, grammar: str | None, param: str) -> None:
+        # compiling a grammar can take a second on a large vocabulary: off the event loop
+        await asyncio.to_thread((await self._guide_for()).check, json_schema, grammar, param)
 
     async def tokenize(self, text: str) -> list[int]:
         return await asyncio.to_thread(self.rt.encode, text, False)
@@ -284,11 +313,18 @@ class RuntimeEngine(Engine):
         cancel = threading.Event()
         result = GenerationResult()
 
+        constrained = {}
+        if gen.json_schema is not None or gen.grammar is not None:
+            if not self.constrains:
+                raise self.constraint_error()
+            guide = await self._guide_for()
+            constrained["constraint"] = await asyncio.to_thread(guide.mask, gen.json_schema, gen.grammar)
+
         def work() -> None:
             try:
                 for piece in self.rt.stream_ids(gen.prompt_ids, gen.max_tokens, gen.temperature, gen.top_p,
                                                 gen.seed if gen.seed is not None else int.from_bytes(os.urandom(4)),
-                                                gen.stop, result=result, logit_bias=gen.logit_bias):
+                                                gen.stop, result=result, logit_bias=gen.logit_bias, **constrained):
                     if cancel.is_set():
                         break
                     loop.call_soon_threadsafe(q.put_nowait, piece)
@@ -313,6 +349,7 @@ class VLLMEngine(Engine):
     """`vllm serve` as a child (EDGEPORT_VLLM_PYTHON names a Python with vLLM, else ours)."""
 
     name = "vllm"
+    constrains = support("vllm").constrains  # its guided decoding is not wired up yet
 
     def __init__(self, model_dir: Path, info: ModelInfo, n_ctx: int, slots: int, options: dict):
         super().__init__(info, n_ctx, slots)
