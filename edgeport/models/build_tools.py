@@ -1,0 +1,399 @@
+"""Teach the bundled tiny gpt-oss to call function tools (not done yet: see Status).
+
+build_harmony.py taught it harmony but never a tool: under `tool_choice` auto it answers a sum or a
+weather question with code (0/40 held-out calls), and a forced call is the grammar's doing. This
+continues its training, seeded, for a fixed number of steps, on (a) what build_harmony trains on
+(code batches and harmony conversations, two steps in three short ones, so parity and the effort
+behaviour stay), and (b) conversations with the tools `add(a, b)` and `get_weather(city)` declared,
+each rendered by edgeport/core/harmony.py::render_harmony_own (the server's own renderer), with a
+loss on the assistant's tokens only:
+
+- a sum or weather question: an analysis that restates the values, then the call as the model writes
+  it (the header edgeport/serving/constrained.py writes when a call is forced)
+  `<|start|>assistant<|channel|>commentary to=functions.add <|constrain|>json<|message|>{"a": 12, "b": 7}<|call|>`;
+- the same with the call and its result in the prompt (`functions.add to=assistant`): the analysis
+  "The tool returned 19.", then the final answer "The sum is 19." / "The weather is sunny, 21 C.";
+- a code question with the tools offered: build_harmony's answer, no call.
+
+Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `heldout_calls`,
+`run_tool`; tests/test_tool_model.py uses them) are never trained on.
+
+    python -m edgeport.models.build_tools --steps 250 --out /tmp/tools2   # ~48 min on 2 shared cores
+    python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
+
+Status (2026-12-06): the one full run (the command above, seed 0, lr 3e-3, batches code 2 / chat 4 /
+tool 8) keeps the effort lookup (effort accuracy 1.00 at step 249) and learns the call's shape and,
+mostly, which tool (the analysis's "sum" vs "weather" right on 30/40 held-out questions,
+teacher-forced), but not to copy a value: it writes the numbers and cities as frequent guesses
+("D…", "0"), so the whole call is right on 0/40 held-out questions and 1/20 training ones
+(teacher-forced), and the answer after a result on 0/40. A first run that copied the values straight
+into the call (~55 tokens back, at the edge of the 64-token sliding window) learnt no copy in 100
+steps either; restating them in the analysis (a copy from ~15 tokens back) did not fix it within 250
+steps. Served (Q4_K_M GGUF, tests/test_tool_model.py): the right tool with made-up arguments
+(`{"a": 89, "b": 49}` for "How much is 99 plus 56?"), 0/40 calls right, and
+tests/test_harmony_model.py's gguf case fails (one eval prompt runs to the token limit). These weights
+are therefore not committed. Next to try: many more steps (the copy is the
+whole difficulty), a higher weight or curriculum on the copied tokens, or single-token values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import GptOssForCausalLM
+
+from edgeport.core.harmony import render_harmony_own
+from edgeport.models.build_harmony import (
+    DEVELOPER,
+    EFFORT_SENTENCES,
+    EVAL_PROMPTS,
+    MODEL,
+    Conversations,
+    chat_batch,
+    check,
+    code_stream,
+    completion,
+    effort_accuracy,
+    evalset_ppl,
+    weighted_loss,
+)
+from edgeport.models.build_tiny import SEQ
+
+ADD = {"name": "add", "description": "Add two numbers.",
+       "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                      "required": ["a", "b"]}}
+WEATHER = {"name": "get_weather", "description": "The weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+# tests/test_tools.py's variant (a described city, an optional unit): both are trained on
+WEATHER_UNIT = {**WEATHER, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20, "description": "The city"},
+                                     "unit": {"type": "string", "enum": ["c", "f"], "default": "c"}},
+    "required": ["city"], "additionalProperties": False}}
+
+ADD_TRAIN = ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}.", "What is the sum of {a} and {b}?",
+             "Please add {a} to {b}.", "{a} + {b} = ?", "Can you add {a} and {b} for me?", "Calculate {a} plus {b}.",
+             "add {a} {b}", "What's {a} + {b}?"]
+ADD_HELDOUT = ["How much is {a} plus {b}?", "Sum {a} and {b}, please.", "I need {a} + {b}.",
+               "What do {a} and {b} add up to?", "Work out {a} plus {b}."]
+WEATHER_TRAIN = ["What is the weather in {city}?", "Weather in {city}?", "How is the weather in {city} today?",
+                 "Is it raining in {city}?", "Tell me the weather for {city}.", "What's it like outside in {city}?",
+                 "Get the weather in {city}.", "Forecast for {city}, please.", "weather {city}",
+                 "Can you check the weather in {city}?"]
+WEATHER_HELDOUT = ["How's the weather over in {city}?", "Do I need an umbrella in {city}?",
+                   "What is the weather like in {city} right now?", "Look up the weather in {city}.",
+                   "Is it cold in {city}?"]
+CITIES = ["Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Oslo", "Cairo", "Lima", "Delhi", "Sydney",
+          "Toronto", "Dublin", "Vienna", "Prague", "Lisbon", "Seoul", "Boston", "Denver", "Nairobi", "Athens",
+          "Warsaw", "Bangkok", "Chicago", "Munich", "Geneva", "Milan", "Dallas"]
+HELDOUT_CITIES = ["Helsinki", "Quito", "Manila", "Zurich", "Havana", "Austin", "Kyoto", "Porto"]
+SKIES = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
+HELDOUT_SKIES = ["stormy", "clear"]
+NUMBERS = range(100)
+
+ANALYSIS = "<|channel|>analysis<|message|>"
+CALL_HEADER = "<|end|><|start|>assistant<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
+FINAL = "<|end|><|start|>assistant<|channel|>final<|message|>"
+# The analysis restates what the call needs (the numbers, the city) and, after the result, the result:
+# each copy is then from a few tokens back, within the 64-token sliding window, where a 5M-parameter
+# model learns it (copied straight into the call, the numbers sat ~55 tokens back: nothing learnt it
+# in 100 steps of a first try).
+WHY = {"add": "The user wants the sum of {a} and {b}, so I call add.",
+       "get_weather": "The user wants the weather in {city}, so I call get_weather."}
+AFTER = "The tool returned {r}."
+ANSWER = {"add": "The sum is {r}.", "get_weather": "The weather is {r}."}
+
+
+def heldout_pairs() -> list[tuple[int, int]]:
+    """The (a, b) pairs the eval uses; training never sees them."""
+    rng = random.Random(1234)
+    return [(rng.choice(NUMBERS), rng.choice(NUMBERS)) for _ in range(40)]
+
+
+def weather(city: str, skies: list[str] = SKIES, seed: int = 0) -> str:
+    """A made-up, deterministic weather string for a city: what the tool returns."""
+    rng = random.Random(f"{city}/{seed}")
+    return f"{rng.choice(skies)}, {rng.randint(0, 35)} C"
+
+
+def call_args(name: str, a: int = 0, b: int = 0, city: str = "") -> dict:
+    return {"a": a, "b": b} if name == "add" else {"city": city}
+
+
+def heldout_calls() -> list[tuple[list[dict], str, dict]]:
+    """(messages, tool, arguments) on held-out phrasings, pairs and cities: 20 sums, 20 weather questions."""
+    out = []
+    pairs = heldout_pairs()
+    for i in range(20):
+        a, b = pairs[i]
+        out.append(([{"role": "user", "content": ADD_HELDOUT[i % len(ADD_HELDOUT)].format(a=a, b=b)}], "add",
+                    {"a": a, "b": b}))
+    for i in range(20):
+        city = HELDOUT_CITIES[i % len(HELDOUT_CITIES)]
+        out.append(([{"role": "user", "content": WEATHER_HELDOUT[(i // 2) % len(WEATHER_HELDOUT)].format(city=city)}],
+                    "get_weather", {"city": city}))
+    return out
+
+
+def run_tool(name: str, args: dict) -> str:
+    """What the eval's tools return (the weather from skies never trained on)."""
+    return str(args["a"] + args["b"]) if name == "add" else weather(args["city"], HELDOUT_SKIES)
+
+
+class ToolConversations:
+    """Seeded tool conversations on the training phrasings, pairs and cities."""
+
+    def __init__(self, conv: Conversations, seed: int = 0):
+        self.conv = conv  # build_harmony's, for the code questions with tools offered
+        self.rng = random.Random(seed + 1000)
+        self.held = set(heldout_pairs())
+
+    def tools(self, need: str | None) -> list[dict]:
+        rng = self.rng
+        w = rng.choice([WEATHER, WEATHER_UNIT])
+        sets = [[ADD, w], [w, ADD], [ADD], [w]]
+        sets = [s for s in sets if need is None or any(t["name"] == need for t in s)]
+        return rng.choice(sets)
+
+    def question(self, name: str) -> tuple[str, dict]:
+        rng = self.rng
+        if name == "add":
+            while (a := rng.choice(NUMBERS), b := rng.choice(NUMBERS)) in self.held:
+                pass
+            return rng.choice(ADD_TRAIN).format(a=a, b=b), {"a": a, "b": b}
+        city = rng.choice(CITIES)
+        return rng.choice(WEATHER_TRAIN).format(city=city), {"city": city}
+
+    def sample(self) -> tuple[str, str, list[str]]:
+        """(prompt, completion, the values it copies): a call, an answer from a result, or (no
+        values) a code question answered without a call."""
+        rng = self.rng
+        effort = rng.choice(list(EFFORT_SENTENCES))
+        msgs: list[dict] = []
+        if rng.random() < 0.25:
+            msgs.append({"role": "developer", "content": rng.choice(DEVELOPER)})
+        if rng.random() < 0.1:
+            u, a = self.conv.turn(short=True)
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        kind = rng.choices(["call", "answer", "none"], [0.5, 0.35, 0.15])[0]
+        if kind == "none":
+            u, final = self.conv.turn(short=True)
+            msgs.append({"role": "user", "content": u})
+            return render_harmony_own(msgs, effort, None, self.tools(None)), completion(effort, final), []
+        name = rng.choice(["add", "get_weather"])
+        u, args = self.question(name)
+        msgs.append({"role": "user", "content": u})
+        if kind == "call":
+            return render_harmony_own(msgs, effort, None, self.tools(name)), call_text(name, args), \
+                [str(v) for v in args.values()]
+        result = str(args["a"] + args["b"]) if name == "add" else weather(args["city"], SKIES, rng.randrange(10**6))
+        msgs += [{"role": "assistant", "content": None,
+                  "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
+                 {"role": "tool", "name": name, "content": result}]
+        c = f"{ANALYSIS}{AFTER.format(r=result)}{FINAL}{ANSWER[name].format(r=result)}<|return|>"
+        return render_harmony_own(msgs, effort, None, self.tools(name)), c, [result]
+
+
+def call_text(name: str, args: dict) -> str:
+    """The completion that calls `name`: the analysis, then the call as the model writes it."""
+    return f"{ANALYSIS}{WHY[name].format(**args)}{CALL_HEADER.format(name=name)}{json.dumps(args)}<|call|>"
+
+
+# the tokens that decide a call: what is called and with what, and the answer's copy of the result
+ARGS_WEIGHT = 5.0
+
+
+def _weights(c: str, offsets: list[tuple[int, int]], values: list[str]) -> list[float]:
+    """ARGS_WEIGHT on the tool's name in the call header and on every copy of a value (a number, the
+    city, the result); 1 elsewhere."""
+    spans = []
+    for v in values:
+        i = c.find(v)
+        while i >= 0:
+            spans.append((i, i + len(v)))
+            i = c.find(v, i + len(v))
+    if "to=functions." in c:
+        i = c.index("to=functions.")
+        spans.append((i, c.index(" ", i)))
+    return [ARGS_WEIGHT if any(a < e and b > s for s, e in spans) else 1.0 for a, b in offsets]
+
+
+def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, labels (-100 on the prompt) and loss weights of n tool conversations."""
+    pad = tok.token_to_id("<|endoftext|>")
+    rows = []
+    for _ in range(n):
+        p, c, values = tc.sample()
+        pi, enc = tok.encode(p).ids, tok.encode(c)
+        w = _weights(c, enc.offsets, values)
+        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
+    width = max(len(r[0]) for r in rows)
+    ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
+    labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
+    weights = torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows])
+    return ids, labels, weights
+
+
+def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
+    """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
+    stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
+    out: list[int] = []
+    with torch.inference_mode():
+        res = model(torch.tensor([tok.encode(prompt).ids]), use_cache=True)
+        for _ in range(max_new):
+            t = int(res.logits[0, -1].argmax())
+            out.append(t)
+            if t in stops:
+                break
+            res = model(torch.tensor([[t]]), cache=res.cache, use_cache=True)
+    return tok.decode(out, skip_special_tokens=False)
+
+
+def parsed_call(text: str) -> tuple[str, dict] | None:
+    from edgeport.core.harmony import parse_calls
+
+    calls = parse_calls(text)
+    if len(calls) != 1:
+        return None
+    try:
+        return calls[0][0], json.loads(calls[0][1])
+    except json.JSONDecodeError:
+        return None
+
+
+def tool_check(model, tok: Tokenizer, n: int = 40, verbose: bool = True) -> dict[str, float]:
+    """Greedy, in-process: the held-out call rate, the answer-from-result rate, and how often a code
+    question with tools offered is answered without a call."""
+    tools = [ADD, WEATHER]
+    cases = heldout_calls()
+    cases = cases[: n // 2] + cases[20 : 20 + n // 2]
+    calls = answers = 0
+    for i, (msgs, name, args) in enumerate(cases):
+        effort = list(EFFORT_SENTENCES)[i % 3]
+        text = generate(model, tok, render_harmony_own(msgs, effort, None, tools))
+        ok = parsed_call(text) == (name, args)
+        calls += ok
+        if not ok and verbose:
+            print(f"  miss: {msgs[-1]['content']!r} -> {text[-90:]!r}")
+        result = run_tool(name, args)
+        convo = [*msgs, {"role": "assistant", "content": None,
+                         "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
+                 {"role": "tool", "name": name, "content": result}]
+        text = generate(model, tok, render_harmony_own(convo, effort, None, tools))
+        final = text.split("<|channel|>final<|message|>")[-1]
+        answers += "<|channel|>final<|message|>" in text and result in final
+    no_call = sum("to=functions" not in generate(model, tok, render_harmony_own(m, e, None, tools), 300)
+                  for m in EVAL_PROMPTS for e in ("low",))
+    figs = {"call_rate": calls / len(cases), "answer_rate": answers / len(cases),
+            "no_call_on_code": no_call / len(EVAL_PROMPTS)}
+    print(f"  tools: {figs} (n={len(cases)})", flush=True)
+    return figs
+
+
+def forced_rate(model, tok: Tokenizer, n: int = 12) -> float:
+    """Cheap check for the training log: on n held-out call cases, teacher-forced, how often every
+    token of the completion (analysis and call) is the greedy one."""
+    cases = heldout_calls()
+    cases = cases[: n // 2] + cases[20 : 20 + n // 2]
+    hits = 0
+    with torch.inference_mode():
+        for msgs, name, args in cases:
+            p = render_harmony_own(msgs, "low", None, [ADD, WEATHER])
+            c = call_text(name, args)
+            pi, enc = tok.encode(p).ids, tok.encode(c)
+            ids = torch.tensor([pi + enc.ids])
+            pred = model(input_ids=ids).logits[0, len(pi) - 1 : -1].argmax(-1).tolist()
+            hits += pred == enc.ids
+    return hits / len(cases)
+
+
+def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
+          seed: int = 0, out: Path | None = None) -> None:
+    """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
+    build_harmony's last run, which keep the effort lookup) and tool conversations, the three losses summed."""
+    import math
+
+    gen = torch.Generator().manual_seed(seed)
+    conv = Conversations(seed=seed)
+    tc = ToolConversations(Conversations(seed=seed + 1), seed=seed)
+    data = code_stream(tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    start = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:  # warmup then cosine to 10 %
+            g["lr"] = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        starts = torch.randint(0, len(data) - SEQ - 1, (code_batch,), generator=gen)
+        code = torch.stack([data[s : s + SEQ] for s in starts])
+        code_loss = model(input_ids=code, labels=code).loss
+        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2))
+        tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n))
+        loss = code_loss + chat_loss + tool_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == steps - 1:
+            line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
+                    f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}")
+            if step % 50 == 0 or step == steps - 1:
+                model.eval()
+                line += f"  effort {effort_accuracy(model, tok):.2f}  calls {forced_rate(model, tok):.2f}"
+                model.train()
+                if out is not None and step:
+                    save(model, out)
+            print(line, flush=True)
+    model.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--code-batch", type=int, default=2)
+    ap.add_argument("--chat-batch", type=int, default=4)
+    ap.add_argument("--tool-batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
+    ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
+    ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
+    ap.add_argument("--out", type=Path, default=MODEL, help="where to write the model (default: in place)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(a.seed)
+    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    model = GptOssForCausalLM.from_pretrained(a.init or MODEL, dtype=torch.float32).eval()
+    if a.check_only:
+        print(f"eval-set perplexity: {evalset_ppl(model, tok):.3f}", flush=True)
+        print(f"teacher-forced held-out calls: {forced_rate(model, tok, 40):.3f}", flush=True)
+        tool_check(model, tok)
+        check(model, tok)
+        return
+    t0 = time.time()
+    train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
+          a.out if a.out.resolve() != MODEL.resolve() else None)
+    print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
+    save(model, a.out)
+    print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
+
+
+def save(model, out: Path) -> None:
+    """The weights in bf16 (as committed) into `out`, beside a copy of the bundled model's other files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+        model.to(torch.float32)
+        out.mkdir(parents=True, exist_ok=True)
+        if out.resolve() != MODEL.resolve():
+            for f in MODEL.iterdir():
+                shutil.copy2(f, out / f.name)
+        shutil.copy2(Path(tmp) / "model.safetensors", out / "model.safetensors")
+
+
+if __name__ == "__main__":
+    main()
