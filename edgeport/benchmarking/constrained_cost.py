@@ -30,7 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgeport import runtimes
 from edgeport.core import manifest as mf
+from edgeport.runtimes.base import GenerationResult
+from edgeport.serving.engines import free_port
+from edgeport.serving.guidance import Guide
 
 from .bench_serve import _started
 
@@ -74,9 +78,6 @@ def _once(client, model: str, tokens: int, constrained: bool, banned: list[int])
 
 def measure_in_process(artifact: Path, runs: int, tokens: int) -> dict:
     """The ONNX runtime's sampling loop with and without the mask (the same prompt, greedy)."""
-    from edgeport import runtimes
-    from edgeport.runtimes.base import GenerationResult
-    from edgeport.serving.guidance import Guide
 
     rt = runtimes.load(artifact, n_ctx=tokens + 64)
     guide = Guide(rt.tok.to_str(), rt.tok.get_vocab_size(with_added_tokens=True), rt.info.stop_token_ids)
@@ -104,7 +105,6 @@ def measure_in_process(artifact: Path, runs: int, tokens: int) -> dict:
 def measure(artifact: Path, runs: int, tokens: int, threads: int | None = None) -> dict:
     import httpx
 
-    from edgeport.serving.engines import free_port
 
     m = mf.load(artifact)
     banned = sorted({*m["model"]["stop_token_ids"], *_closing_ids(artifact, m)})

@@ -50,7 +50,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GptOssForCausalLM
 
-from edgeport.core.harmony import render_harmony_own
+from edgeport.core.harmony import parse_calls, render_harmony_own
 from edgeport.models.build_harmony import (
     DEVELOPER,
     EFFORT_SENTENCES,
@@ -257,8 +257,6 @@ def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
 
 
 def parsed_call(text: str) -> tuple[str, dict] | None:
-    from edgeport.core.harmony import parse_calls
-
     calls = parse_calls(text)
     if len(calls) != 1:
         return None

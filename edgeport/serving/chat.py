@@ -18,6 +18,8 @@ from edgeport import runtimes
 from edgeport.core.errors import EdgeportError
 from edgeport.core.harmony import HarmonyStream, normalize_effort, render_harmony
 
+from .protocol import Tool
+
 HELP = "commands: /effort low|medium|high (fast|balanced|deep), /reset, /exit"
 
 
@@ -40,8 +42,6 @@ def load_tools(path: str | None) -> list[dict]:
     if path is None:
         return []
     from pydantic import TypeAdapter, ValidationError
-
-    from .protocol import Tool
 
     try:
         data = json.loads(Path(path).read_text())
