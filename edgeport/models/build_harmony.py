@@ -315,6 +315,30 @@ def effort_accuracy(model, tok: Tokenizer) -> float:
     return hits / (len(EVAL_PROMPTS) * len(EFFORT_SENTENCES))
 
 
+def optimizer(model, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+
+
+def schedule(opt: torch.optim.Optimizer, lr: float, step: int, steps: int) -> None:
+    """Warmup over 20 steps, then cosine down to 10 % of `lr`."""
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def code_batch_loss(model, data: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """The next-token loss on `n` random SEQ-token windows of the code stream (as build_tiny trains)."""
+    starts = torch.randint(0, len(data) - SEQ - 1, (n,), generator=gen)
+    code = torch.stack([data[s : s + SEQ] for s in starts])
+    return model(input_ids=code, labels=code).loss
+
+
+def update(model, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, seed: int = 0,
           short_steps: int = 0) -> None:
     """`short_steps` first steps on short conversations only (see Conversations.sample), then
@@ -322,21 +346,14 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
     data = code_stream(tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = optimizer(model, lr)
     model.train()
     start = time.time()
     for step in range(steps):
-        for g in opt.param_groups:  # warmup then cosine to 10 %
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        starts = torch.randint(0, len(data) - SEQ - 1, (code_batch,), generator=gen)
-        code = torch.stack([data[s : s + SEQ] for s in starts])
-        code_loss = model(input_ids=code, labels=code).loss
+        schedule(opt, lr, step, steps)
+        code_loss = code_batch_loss(model, data, code_batch, gen)
         chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step < short_steps))
-        loss = code_loss + chat_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, code_loss + chat_loss)
         if step % 20 == 0 or step == steps - 1:
             model.eval()
             acc = effort_accuracy(model, tok)

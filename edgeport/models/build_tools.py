@@ -59,13 +59,16 @@ from edgeport.models.build_harmony import (
     Conversations,
     chat_batch,
     check,
+    code_batch_loss,
     code_stream,
     completion,
     effort_accuracy,
     evalset_ppl,
+    optimizer,
+    schedule,
+    update,
     weighted_loss,
 )
-from edgeport.models.build_tiny import SEQ
 
 ADD = {"name": "add", "description": "Add two numbers.",
        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
@@ -316,28 +319,19 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
           seed: int = 0, out: Path | None = None) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup) and tool conversations, the three losses summed."""
-    import math
-
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed)
     data = code_stream(tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = optimizer(model, lr)
     model.train()
     start = time.time()
     for step in range(steps):
-        for g in opt.param_groups:  # warmup then cosine to 10 %
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        starts = torch.randint(0, len(data) - SEQ - 1, (code_batch,), generator=gen)
-        code = torch.stack([data[s : s + SEQ] for s in starts])
-        code_loss = model(input_ids=code, labels=code).loss
+        schedule(opt, lr, step, steps)
+        code_loss = code_batch_loss(model, data, code_batch, gen)
         chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2))
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n))
-        loss = code_loss + chat_loss + tool_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, code_loss + chat_loss + tool_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
                     f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}")

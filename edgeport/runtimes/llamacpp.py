@@ -39,15 +39,15 @@ class LlamaCppRuntime(Runtime):
         self.n_ctx = min(n_ctx, train_context(self.path) or n_ctx)
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self.extra_bufts = extra_bufts_enabled(self.path)
-        self._gen = self._load(logits_all=False, n_ctx=n_ctx)
+        self._gen = self._load(n_ctx)
         self._scorer = None
         super().__init__(info or self._info_from_gguf())
 
-    def _load(self, logits_all: bool, n_ctx: int):
+    def _load(self, n_ctx: int):
         with model_params(self.lc, self.extra_bufts), LlamaLog():
             return self.lc.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
-                logits_all=logits_all, verbose=False, n_threads=self.n_threads,
+                verbose=False, n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
                 # the sliding-window layers' small KV cache (window + batch), as llama-cli and
                 # llama-server keep it; llama.cpp's context default is full-size (what
@@ -82,8 +82,8 @@ class LlamaCppRuntime(Runtime):
         return out
 
     def logit_blocks(self, token_ids: Sequence[int], rows: int) -> Iterator[np.ndarray]:
-        """Each scoring batch's rows as it is decoded (the scoring batch is at most 512 rows and
-        the caller's `rows` only bounds what it holds: the blocks come as llama.cpp makes them)."""
+        """Each scoring batch's rows as llama.cpp decodes them, whatever `rows` asks (a batch holds
+        at most ~128 MiB of logits, `_scoring_rows`); the gate cuts them to its own blocks."""
         yield from self._scored(token_ids, copy=True)
 
     def _scored(self, token_ids: Sequence[int], copy: bool) -> Iterator[np.ndarray]:
@@ -131,6 +131,7 @@ class LlamaCppRuntime(Runtime):
         return self._scorer
 
     def _scoring_rows(self) -> int:
+        """Tokens per scoring batch: ~128 MiB of float32 logits, 64 to 512 rows."""
         rows = (128 << 20) // (4 * self._gen.n_vocab())
         return max(64, min(512, 1 << max(0, rows.bit_length() - 1)))
 
