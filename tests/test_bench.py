@@ -7,6 +7,7 @@ never asserted against a goal: those live in the note and bench/, not in timed t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -207,3 +208,69 @@ def test_bench_serve_unreachable_is_one_line(tmp_path):
 
     r = _invoke("bench", "--serve", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.json"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("edgeport: error:")
+
+
+def test_paired_load_alternates_servers_and_pools_their_rounds():
+    """front vs llama-server is measured on one engine, the load alternated A B B A …, so that drift
+    over the run falls on both: the order each request arrived in and what each server's figures pool."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from edgeport.benchmarking.serve_load import paired
+    from tests.conftest import asgi_server
+
+    app, arrived = FastAPI(), []
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        arrived.append(body["tag"])
+        delay = {"slow": 0.05, "fast": 0.0}[body["tag"]]
+
+        async def events():
+            for i in range(4):
+                await asyncio.sleep(delay)
+                yield "data: " + json.dumps({"choices": [{"index": 0, "text": f"t{i}"}]}) + "\n\n"
+            yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": 4}}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with asgi_server(app, "the paired server") as url:
+        out = paired({"slow": (url, {"tag": "slow"}), "fast": (url, {"tag": "fast"})}, [1, 2], rounds=4,
+                     requests_per_client=2, max_tokens=4)
+    one = ["slow"] * 2 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 2  # 1 client: A B B A, 2 requests a round
+    assert arrived[:12] == one
+    for name in ("slow", "fast"):
+        assert [r["clients"] for r in out[name]] == [1, 2]
+        for r in out[name]:
+            assert r["rounds"] == 4 and r["errors"] == 0 and r["requests"] == 4 * 2 * r["clients"]
+            assert r["output_tokens"] == 4 * r["requests"]
+    for s, f in zip(out["slow"], out["fast"], strict=True):
+        assert s["e2e_ms"]["p50"] >= 200 > f["e2e_ms"]["p50"]  # each server's own requests, pooled
+
+
+def test_memory_cage_holds_a_command_to_its_limit(tmp_path):
+    """scale.py --memory-limit: the proof that a step fits a 16 GB machine is a cgroup of that size,
+    so the cage must really hold: 300 MiB touched in a 200 MiB cage is killed, 100 MiB runs."""
+    from edgeport.benchmarking.cage import CageUnavailable, MemoryCage
+    from edgeport.benchmarking.scale import run_measured
+
+    try:
+        MemoryCage(2**30, f"edgeport-test-probe-{os.getpid()}").close()
+    except CageUnavailable as e:
+        pytest.skip(f"no writable memory cgroup here: {e}")
+    touch = "import sys; b = bytearray({} * 2**20); b[::4096] = b'x' * len(b[::4096]); print('done')"
+    big = run_measured([sys.executable, "-c", touch.format(300)], watch=[], log=tmp_path / "big.log",
+                       cage_bytes=200 * 2**20)
+    small = run_measured([sys.executable, "-c", touch.format(100)], watch=[], log=tmp_path / "small.log",
+                         cage_bytes=200 * 2**20)
+    assert big.returncode != 0 and big.cage["oom_kills"] >= 1
+    assert big.cage["peak_charged_bytes"] <= 200 * 2**20
+    assert small.returncode == 0 and small.cage["oom_kills"] == 0 and "done" in small.log_tail
+    assert 100 * 2**20 < small.cage["peak_charged_bytes"] <= 200 * 2**20

@@ -87,7 +87,8 @@ class Export:
         if pause_at is not None:  # export/progress.py's test-only pause point
             env = {**(env or {}), "EDGEPORT_TEST_PAUSE_AT": pause_at, "EDGEPORT_TEST_PAUSE_FILE": str(pause_file)}
         # an empty importance-matrix cache of its own: every phase (the matrix included) really runs
-        env = {**(env or {}), "EDGEPORT_IMATRIX_CACHE": tempfile.mkdtemp(prefix="edgeport-signals-imatrix-")}
+        self.cache = tempfile.mkdtemp(prefix="edgeport-signals-imatrix-")  # removed by kill()
+        env = {**(env or {}), "EDGEPORT_IMATRIX_CACHE": self.cache}
         self.pause_file = pause_file
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "invoke", "export", *args], cwd=ROOT, text=True, start_new_session=True,
@@ -140,6 +141,7 @@ class Export:
             out = Path(self.args[self.args.index("--out") + 1])
             for p in out.parent.glob(f".{out.name}.partial-*"):
                 shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(self.cache, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,13 +10,19 @@ checkpoint (`--model DIR`), one run measures:
 - llama.cpp's own pipeline on the same checkpoint and calibration text: `convert_hf_to_gguf.py` →
   `llama-imatrix` → `llama-quantize --imatrix`, measured the same way;
 - `edgeport plan` for this machine's memory beside the measured GGUF bytes and llama-server's RSS;
-- `edgeport serve` under 1/4/8 streaming clients beside llama-server alone (benchmarking/bench_serve.py);
+- `edgeport serve` under 1/4/8 streaming clients beside the llama-server under it, reached directly,
+  the load alternated between the two (benchmarking/bench_serve.py);
 - `edgeport push` / `pull` through a file:// layout.
+
+With --memory-limit 16 the export, serve, publish and re-export steps each run in a 16 GiB memory
+cgroup (benchmarking/cage.py: page cache counted, no swap): the proof that they fit a 16 GB machine
+is that they completed there; each step records the cgroup's peak charge and OOM kills.
 
 Writes one JSON (and a figure with --figure). Every figure is measured here; nothing is assumed.
 
     python -m edgeport.benchmarking.scale [--layers 24] [--model DIR] [--workdir /tmp/edgeport-scale]
-        [--clients 1,4,8] [--max-tokens 32] [--skip serve,llama.cpp,...] [--json scale.json] [--figure scale.png]
+        [--clients 1,4,8] [--max-tokens 32] [--memory-limit 16] [--skip serve,llama.cpp,...] [--json scale.json]
+        [--figure scale.png]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeport.benchmarking.bench_serve import _started
+from edgeport.benchmarking.cage import CageUnavailable, MemoryCage
 from edgeport.benchmarking.llama_cpp_converter import converter_command, converter_script
 from edgeport.benchmarking.procmem import status_kib, tree
 from edgeport.benchmarking.synthetic import build_in_subprocess
@@ -79,19 +86,22 @@ class Measured:
     # every TIMELINE_S: [seconds, anonymous GiB, RSS GiB, disk GiB, the log's last line]: where in
     # the run each peak happened
     timeline: list = field(default_factory=list)
+    cage: dict | None = None  # run in a memory cgroup: its limit, peak charge and OOM kills
 
 
 TIMELINE_S = 5.0
 
 
 def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, cwd: Path | None = None,
-                 log: Path) -> Measured:
-    """Run `cmd`, sampling its process tree's memory and `watch`'s disk use every 0.2 s."""
+                 log: Path, cage_bytes: int | None = None) -> Measured:
+    """Run `cmd`, sampling its process tree's memory and `watch`'s disk use every 0.2 s; with
+    `cage_bytes`, in a memory cgroup of that size (benchmarking/cage.py), its report in `extra`."""
     m = Measured()
+    cage = MemoryCage(cage_bytes, f"edgeport-scale-{os.getpid()}-{log.stem}") if cage_bytes else None
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=cage.enter if cage else None)
         stop = threading.Event()
 
         def sample() -> None:
@@ -116,6 +126,9 @@ def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, 
         stop.set()
         th.join()
     m.seconds = time.monotonic() - t0
+    if cage:
+        m.cage = cage.report()
+        cage.close()
     m.log_tail = log.read_text(errors="replace")[-1500:]
     return m
 
@@ -147,9 +160,13 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="measure this checkpoint instead of a synthetic one")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgeport-scale"))
     ap.add_argument("--clients", default="1,4,8")
-    ap.add_argument("--requests", type=int, default=2, help="requests per client when serving")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client and round when serving")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds alternated between the front and llama-server")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--device", default="laptop-16gb-cpu", help="the device profile `plan` is asked about")
+    ap.add_argument("--memory-limit", type=float, metavar="GIB",
+                    help="run the export, serve, publish and re-export steps each in a memory cgroup of this "
+                         "size (page cache included, no swap): e.g. 16 for a 16 GB machine")
     ap.add_argument("--skip", default="", help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
     ap.add_argument("--json", type=Path, default=Path("scale.json"))
     ap.add_argument("--resume", action="store_true", help="keep the steps already in --json and run the others")
@@ -158,6 +175,12 @@ def main() -> None:
     skip = {s for s in a.skip.split(",") if s}
     if bad := skip - set(STEPS):
         raise SystemExit(f"--skip: unknown steps {', '.join(sorted(bad))}; steps: {', '.join(STEPS)}")
+    cage = int(a.memory_limit * 2**30) if a.memory_limit else None
+    if cage:
+        try:
+            MemoryCage(cage, f"edgeport-scale-{os.getpid()}-probe").close()
+        except CageUnavailable as e:
+            raise SystemExit(f"--memory-limit: {e}") from None
     work = a.workdir
     work.mkdir(parents=True, exist_ok=True)
     model = a.model or build_in_subprocess(work / f"gpt-oss-20b-synthetic-{a.layers}L", a.layers, "mxfp4")
@@ -165,7 +188,7 @@ def main() -> None:
     res: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                              "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
                  "model": model.name, "layers": None if a.model else a.layers, "source_bytes": source_bytes,
-                 "steps": {}}
+                 "memory_limit_bytes": cage, "steps": {}}
     if a.resume and a.json.is_file():  # a run cut short: keep what it measured, run the rest
         res["steps"] = json.loads(a.json.read_text()).get("steps", {})
         skip |= set(res["steps"])
@@ -191,7 +214,7 @@ def main() -> None:
         tmp.mkdir()
         out.parent.mkdir(parents=True)
         m = run_measured([*edgeport, "export", "--target", "cpu", "--model", str(model), "--out", str(out), *extra],
-                         watch=[tmp, out.parent, caches], env=env, log=work / f"{name}.log")
+                         watch=[tmp, out.parent, caches], env=env, log=work / f"{name}.log", cage_bytes=cage)
         if m.returncode:
             raise SystemExit(f"{name} failed (exit {m.returncode}):\n{m.log_tail}")
         manifest = json.loads((out / "manifest.json").read_text())
@@ -201,7 +224,9 @@ def main() -> None:
                    "parity_passed": manifest["parity"]["passed"],
                    "parity_seconds": manifest["parity"].get("seconds")}
         print(f"{name}: {m.seconds:.0f} s, peak anon {_gib(m.peak_anon_bytes)}, peak RSS {_gib(m.peak_rss_bytes)}, "
-              f"peak disk beyond the source {_gib(m.peak_disk_bytes)}", flush=True)
+              f"peak disk beyond the source {_gib(m.peak_disk_bytes)}"
+              + (f", memory cgroup peak {_gib(m.cage['peak_charged_bytes'])} of {_gib(cage)}" if m.cage else ""),
+              flush=True)
         return m
 
     art = work / "export" / "artifact"
@@ -246,24 +271,27 @@ def main() -> None:
         save()
 
     if "serve" not in skip and art.exists():
-        r = subprocess.run([sys.executable, "-m", "edgeport.benchmarking.bench_serve", "--artifact", str(art),
-                            "--clients", a.clients, "--requests", str(a.requests), "--max-tokens",
-                            str(a.max_tokens), "--endpoint", "completions", "--only", "front", "llama-server",
-                            "--parallel", str(max(int(c) for c in a.clients.split(","))),
-                            "--out", str(work / "serve.json")], capture_output=True, text=True)
-        res["steps"]["serve"] = (json.loads((work / "serve.json").read_text()) if r.returncode == 0
-                                 else {"error": r.stderr[-1500:]})
+        # the front and its own llama-server, the load alternated between them; a random-weight
+        # model's tokens biased to plain words, so that first-token times are seen (bench_serve.py)
+        m = run_measured([sys.executable, "-m", "edgeport.benchmarking.bench_serve", "--artifact", str(art),
+                          "--clients", a.clients, "--requests", str(a.requests), "--rounds", str(a.rounds),
+                          "--max-tokens", str(a.max_tokens), "--endpoint", "completions", "--visible", "64",
+                          "--only", "front", "llama-server",
+                          "--parallel", str(max(int(c) for c in a.clients.split(","))),
+                          "--out", str(work / "serve.json")], watch=[], log=work / "serve.log", cage_bytes=cage)
+        res["steps"]["serve"] = ({**json.loads((work / "serve.json").read_text()), "cage": m.cage}
+                                 if m.returncode == 0 else {"error": m.log_tail, "cage": m.cage})
         save()
 
     if "publish" not in skip and art.exists():
         layout = work / "layout"
         shutil.rmtree(layout, ignore_errors=True)
         push = run_measured([*edgeport, "push", "--artifact", str(art), "--to", f"file://{layout}:v1"],
-                            watch=[layout], log=work / "push.log")
+                            watch=[layout], log=work / "push.log", cage_bytes=cage)
         pulled = work / "pulled"
         shutil.rmtree(pulled, ignore_errors=True)
         pull = run_measured([*edgeport, "pull", "--from", f"file://{layout}:v1", "--out", str(pulled)],
-                            watch=[pulled], log=work / "pull.log")
+                            watch=[pulled], log=work / "pull.log", cage_bytes=cage)
         res["steps"]["publish"] = {"push": vars(push), "pull": vars(pull)}
         save()
         shutil.rmtree(layout, ignore_errors=True)
@@ -363,6 +391,14 @@ def goals(res: dict) -> list[dict]:
                 r["front_over_llama_server_tps"] >= 0.97)
             row(f"front − llama-server TTFT p50, {r['clients']} clients: ms", r["front_minus_llama_server_ttft_p50_ms"],
                 "<= 5", r["front_minus_llama_server_ttft_p50_ms"] <= 5)
+    if limit := res.get("memory_limit_bytes"):
+        caged = {"export": ex, "serve": serve, "re-export": re_, **(st.get("publish") or {})}
+        for name, step in caged.items():
+            if step and step.get("cage"):
+                c = step["cage"]
+                ok = not step.get("error") and step.get("returncode", 0) == 0 and c["oom_kills"] == 0
+                row(f"{name} in a {limit / 2**30:g} GiB memory cgroup: peak charge GiB",
+                    c["peak_charged_bytes"] / 2**30, "completes, no OOM kill", ok)
     return rows
 
 

@@ -34,9 +34,9 @@ def stats(values: list[float]) -> dict:
 
 
 async def _one(client, url: str, model: str, prompt: str, max_tokens: int, api_key: str | None,
-               endpoint: str) -> dict:
+               endpoint: str, extra: dict | None) -> dict:
     body = {"model": model, "max_tokens": max_tokens, "stream": True, "temperature": 0,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **(extra or {})}
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
@@ -78,8 +78,9 @@ async def _one(client, url: str, model: str, prompt: str, max_tokens: int, api_k
             "tpot": ((end - first_token) / (n - 1)) if first_token and n > 1 else None}
 
 
-async def _run(url: str, model: str, clients: int, requests_per_client: int, max_tokens: int,
-               api_key: str | None, endpoint: str) -> dict:
+async def _round(url: str, model: str, clients: int, requests_per_client: int, max_tokens: int,
+                 api_key: str | None, endpoint: str, extra: dict | None) -> tuple[list[dict], float]:
+    """`clients` closed-loop clients, `requests_per_client` requests each: (per-request results, wall s)."""
     import httpx
 
     results: list[dict] = []
@@ -88,13 +89,17 @@ async def _run(url: str, model: str, clients: int, requests_per_client: int, max
             for j in range(requests_per_client):
                 prompt = PROMPTS[(i + j) % len(PROMPTS)]
                 try:
-                    results.append(await _one(client, url, model, prompt, max_tokens, api_key, endpoint))
+                    results.append(await _one(client, url, model, prompt, max_tokens, api_key, endpoint, extra))
                 except (httpx.HTTPError, json.JSONDecodeError) as e:
                     results.append({"error": f"{type(e).__name__}: {e}"})
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         wall = time.perf_counter() - t0
+    return results, wall
+
+
+def summarize(clients: int, results: list[dict], wall: float) -> dict:
     ok = [r for r in results if "error" not in r]
     ms = lambda xs: [x * 1000 for x in xs if x is not None]
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
@@ -107,6 +112,12 @@ async def _run(url: str, model: str, clients: int, requests_per_client: int, max
             "e2e_ms": stats(ms(r["e2e"] for r in ok))}
 
 
+async def _run(url: str, model: str, clients: int, requests_per_client: int, max_tokens: int,
+               api_key: str | None, endpoint: str, extra: dict | None) -> dict:
+    return summarize(clients, *await _round(url, model, clients, requests_per_client, max_tokens, api_key,
+                                            endpoint, extra))
+
+
 def model_id(url: str, api_key: str | None = None) -> str:
     import httpx
 
@@ -116,9 +127,31 @@ def model_id(url: str, api_key: str | None = None) -> str:
 
 
 def load(url: str, clients: list[int], requests_per_client: int = 4, max_tokens: int = 64,
-         api_key: str | None = None, endpoint: str = "chat") -> dict:
+         api_key: str | None = None, endpoint: str = "chat", extra: dict | None = None) -> dict:
+    """`extra`: more request fields (sampling a server should match, a logit_bias)."""
     url = url.rstrip("/")
     model = model_id(url, api_key)
     return {"url": url, "model": model, "endpoint": endpoint, "max_tokens": max_tokens,
-            "runs": [asyncio.run(_run(url, model, n, requests_per_client, max_tokens, api_key, endpoint))
+            "runs": [asyncio.run(_run(url, model, n, requests_per_client, max_tokens, api_key, endpoint, extra))
                      for n in clients]}
+
+
+def paired(servers: dict[str, tuple[str, dict]], clients: list[int], rounds: int, requests_per_client: int = 1,
+           max_tokens: int = 64, endpoint: str = "completions") -> dict[str, list[dict]]:
+    """The same load on several servers, alternated round by round (A B B A …): drift over the run
+    (page cache, other work, the clock) falls on each server alike, where one server after the other
+    would give it all to the last. `servers`: name -> (url, extra request fields). Returns each
+    server's runs, one per concurrency, its rounds pooled."""
+    urls = {name: (url.rstrip("/"), extra, model_id(url)) for name, (url, extra) in servers.items()}
+    names = list(urls)
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    for n in clients:
+        pooled = {name: ([], 0.0) for name in names}
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                url, extra, model = urls[name]
+                res, wall = asyncio.run(_round(url, model, n, requests_per_client, max_tokens, None, endpoint, extra))
+                pooled[name] = (pooled[name][0] + res, pooled[name][1] + wall)
+        for name in names:
+            out[name].append({**summarize(n, *pooled[name]), "rounds": rounds})
+    return out

@@ -167,6 +167,11 @@ async def _sse(resp: httpx.Response) -> AsyncIterator[dict]:
             yield orjson.loads(data)  # one event per token: the hot path
 
 
+# OpenAI's sampling is over the whole vocabulary: llama-server's own defaults (top-k 40, min-p 0.05)
+# are switched off (bench_serve.py asks llama-server alone for the same, so both do the same work)
+WHOLE_VOCABULARY = {"top_k": 0, "min_p": 0.0}
+
+
 def llama_server_command(exe: Path, gguf: Path, port: int, n_ctx: int, slots: int,
                          threads: int | None = None) -> list[str]:
     """How the front runs llama-server (edgeport/benchmarking/bench_serve.py runs it alone the same way)."""
@@ -231,7 +236,7 @@ class LlamaServerEngine(Engine):
 
     async def generate(self, gen: Generation) -> AsyncIterator[Piece]:
         body = {"prompt": gen.prompt_ids, "n_predict": gen.max_tokens, "temperature": gen.temperature,
-                "top_p": gen.top_p, "top_k": 0, "min_p": 0.0, "stream": True, "cache_prompt": True,
+                "top_p": gen.top_p, **WHOLE_VOCABULARY, "stream": True, "cache_prompt": True,
                 "stop": gen.stop, "seed": gen.seed if gen.seed is not None else -1,
                 "logit_bias": [[int(t), float(b)] for t, b in gen.logit_bias.items()]}
         if gen.json_schema is not None:
