@@ -112,3 +112,39 @@ def test_offered_tools_are_rendered_and_parsed(served):
                                      temperature=0)
     assert auto.usage.prompt_tokens > plain.usage.prompt_tokens
     assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.toolenv
+@pytest.mark.parametrize("case", ["onnx-gpt-oss-mxfp4-int8", "onnx-llama-int8"])
+def test_masking_only_refused_choices_gives_the_full_masks_answer(exported, case):
+    """The runtime's loop computes the mask only when the model's own greedy choice is refused
+    (runtimes/base.constrained_sample): the answer must be the one a mask at every step gives."""
+    import json
+
+    from edgeport import runtimes
+    from edgeport.runtimes.base import GenerationResult
+    from edgeport.serving.guidance import Guide, TokenMask
+
+    class Counted(TokenMask):
+        def apply(self, logits):
+            self.applied = getattr(self, "applied", 0) + 1
+            return super().apply(logits)
+
+    class EveryStep(Counted):
+        def allows(self, token: int) -> bool:
+            return False
+
+    path, _ = exported(case)
+    rt = runtimes.load(path, n_ctx=512)
+    guide = Guide(rt.tok.to_str(), rt.tok.get_vocab_size(with_added_tokens=True), rt.info.stop_token_ids)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["name", "n"],
+              "additionalProperties": False}
+    ids = rt.encode("Give a name and a number.", add_bos=None)
+    fast, full = (Counted(guide, guide.mask(schema, None).matcher), EveryStep(guide, guide.mask(schema, None).matcher))
+    done = GenerationResult()
+    text = {c: "".join(rt.stream_ids(ids, 192, 0.0, 1.0, 0, (), constraint=c, result=done)) for c in (fast, full)}
+    assert text[fast] == text[full], text
+    assert done.finish_reason == "stop" and set(json.loads(text[fast])) == {"name", "n"}, text[fast]
+    assert getattr(fast, "applied", 0) < full.applied  # masks computed: only where the model was refused

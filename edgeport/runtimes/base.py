@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -111,9 +112,11 @@ class Runtime(ABC):
     def stream_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
                    result: GenerationResult | None = None,
-                   logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+                   logit_bias: dict[int, float] | None = None,
+                   constraint: TokenConstraint | None = None) -> Iterator[str]:
         """Text pieces generated after prompt `ids` (special tokens rendered, stop tokens not);
-        `result`, when given, receives the token count and why generation ended."""
+        `result`, when given, receives the token count and why generation ended; `constraint`, where
+        a runtime samples here, decides which tokens each step may take (constrained_sample)."""
         result = result if result is not None else GenerationResult()
         rng = np.random.default_rng(seed)
         matcher = StopMatcher(stop)
@@ -128,10 +131,15 @@ class Runtime(ABC):
                     logits = logits.copy()
                     for t, b in logit_bias.items():
                         logits[t] = -np.inf if b <= -100 else logits[t] + b
-                tok = sample(logits, temperature, top_p, rng)
+                if constraint is None:
+                    tok = sample(logits, temperature, top_p, rng)
+                else:
+                    tok = constrained_sample(constraint, logits, temperature, top_p, rng)
                 if tok in self.info.stop_token_ids:
                     result.finish_reason = "stop"
                     break
+                if constraint is not None:
+                    constraint.advance(tok)
                 out_ids.append(tok)
                 result.completion_tokens = len(out_ids)
                 full = self.detokenize(out_ids)
@@ -188,6 +196,30 @@ class TokenizerFileMixin:
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
+
+
+class TokenConstraint(Protocol):
+    """A per-step token constraint (edgeport/serving/guidance.TokenMask)."""
+
+    def allows(self, token: int) -> bool: ...
+
+    def apply(self, logits: np.ndarray) -> np.ndarray: ...
+
+    def advance(self, token: int) -> None: ...
+
+
+def constrained_sample(c: TokenConstraint, logits: np.ndarray, temperature: float, top_p: float,
+                       rng: np.random.Generator) -> int:
+    """A token from `logits` restricted to what `c` allows, the whole mask computed only when the
+    unrestricted choice is not allowed. Exact, not an approximation: greedy's argmax, if allowed, is
+    the masked argmax; a draw from p kept when allowed, else a draw from p masked and renormalised,
+    takes t with p(t) + (1 − A)·p(t)/A = p(t)/A (A: the allowed mass). A nucleus (top_p < 1) is cut
+    before the mask in the first draw, so there the mask always comes first."""
+    if temperature <= 0 or top_p >= 1.0:
+        tok = sample(logits, temperature, top_p, rng)
+        if c.allows(tok):
+            return tok
+    return sample(c.apply(logits), temperature, top_p, rng)
 
 
 def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

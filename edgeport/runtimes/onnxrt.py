@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -85,36 +84,6 @@ def pick_providers(ep: str, available: Sequence[str]) -> list[str]:
     return chain
 
 
-class TokenConstraint(Protocol):
-    """A per-step token mask (edgeport/serving/guidance.TokenMask)."""
-
-    def apply(self, logits: np.ndarray) -> np.ndarray: ...
-
-    def advance(self, token: int) -> None: ...
-
-
-class _Constrained:
-    """The runtime seen through a constraint: its `_decode` yields masked logits and feeds every sampled
-    token to the constraint; everything else is the runtime's own."""
-
-    def __init__(self, rt: OnnxRuntime, constraint: TokenConstraint):
-        self._rt, self._c = rt, constraint
-
-    def __getattr__(self, name: str):
-        return getattr(self._rt, name)
-
-    def _decode(self, prompt_ids: list[int], max_new_tokens: int | None = None) -> Generator[np.ndarray, int, None]:
-        dec = self._rt._decode(prompt_ids, max_new_tokens)
-        try:
-            logits = next(dec)
-            while True:
-                tok = yield self._c.apply(logits)
-                self._c.advance(tok)
-                logits = dec.send(tok)
-        finally:
-            dec.close()
-
-
 class OnnxRuntime(TokenizerFileMixin, Runtime):
     name = "onnxruntime"
 
@@ -173,15 +142,11 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
             return None
         return genai_kv_bytes(json.loads(self._genai_config.read_text()), max_length, self.kv_dtype_bytes)
 
-    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, *args, constraint: TokenConstraint | None = None,
-                   **kwargs) -> Iterator[str]:
-        """Runtime.stream_ids, optionally under `constraint` (serving's llguidance mask for structured output
-        and forced tool calls): the shared sampling loop samples from the logits `_decode` yields, so
-        masking them there constrains it without a second copy of the loop."""
-        self.max_length_for(len(ids), max_new_tokens)  # refused at the call, before a generator exists
-        if constraint is None:
-            return super().stream_ids(ids, max_new_tokens, *args, **kwargs)
-        return Runtime.stream_ids(_Constrained(self, constraint), ids, max_new_tokens, *args, **kwargs)
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 128, *args, **kwargs) -> Iterator[str]:
+        """Runtime.stream_ids (under serving's llguidance mask where `constraint=` is given: structured
+        output and forced tool calls), refused at the call, before a generator exists, past n_ctx."""
+        self.max_length_for(len(ids), max_new_tokens)
+        return super().stream_ids(ids, max_new_tokens, *args, **kwargs)
 
     # --- plain session --------------------------------------------------------------------
     def _feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None, past_len: int) -> dict:

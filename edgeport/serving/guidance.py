@@ -88,11 +88,15 @@ def _refused(msg: str, param: str) -> APIError:
 
 
 class TokenMask:
-    """One generation's constraint: `apply` masks the logits a step samples from, `advance` feeds the
-    token sampled. The runtime's own loop calls both (runtimes/onnxrt.py)."""
+    """One generation's constraint: `allows` checks one token, `apply` masks the logits a step samples
+    from (only when the unconstrained choice is not allowed: runtimes/base.constrained_sample),
+    `advance` feeds the token taken. The runtime's own loop calls them (runtimes/base.py)."""
 
     def __init__(self, guide: Guide, matcher):
         self.guide, self.matcher = guide, matcher
+
+    def allows(self, token: int) -> bool:
+        return token < self.guide.vocab_size and self.matcher.validate_tokens([token]) == 1
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """The logits with every token the grammar forbids at this step set to -inf (a copy)."""
