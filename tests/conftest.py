@@ -14,8 +14,19 @@ import pytest
 
 from edgeport.models import MODELS
 
-# every test run computes its importance matrices afresh (the user's cache is not the tests')
-os.environ.setdefault("EDGEPORT_IMATRIX_CACHE", tempfile.mkdtemp(prefix="edgeport-test-imatrix-"))
+# every test run computes its importance matrices and reference results afresh, in caches of its
+# own removed when it ends (the user's caches are not the tests')
+_OWN_CACHES = []
+for _var, _prefix in (("EDGEPORT_IMATRIX_CACHE", "edgeport-test-imatrix-"),
+                      ("EDGEPORT_REFERENCE_CACHE", "edgeport-test-reference-")):
+    if _var not in os.environ:
+        os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
+        _OWN_CACHES.append(os.environ[_var])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for d in _OWN_CACHES:
+        shutil.rmtree(d, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -274,3 +274,17 @@ def test_memory_cage_holds_a_command_to_its_limit(tmp_path):
     assert big.cage["peak_charged_bytes"] <= 200 * 2**20
     assert small.returncode == 0 and small.cage["oom_kills"] == 0 and "done" in small.log_tail
     assert 100 * 2**20 < small.cage["peak_charged_bytes"] <= 200 * 2**20
+
+
+def test_visible_bias_picks_plain_words_of_the_vocabulary(exported):
+    """bench_serve --visible: a random-weight model's tokens biased to words, so first tokens are text."""
+    from tokenizers import Tokenizer
+
+    from edgeport.benchmarking.bench_serve import visible_bias
+
+    art, manifest = exported("cpu-gpt-oss")
+    bias = visible_bias(art / manifest["runtime"]["model_file"], 16)
+    tok = Tokenizer.from_file(str(MODELS / "tiny-gpt-oss" / "tokenizer.json"))
+    words = [tok.decode([int(t)]) for t in bias]
+    assert len(bias) == 16 and set(bias.values()) == {30.0}
+    assert all(w[0] == " " and w[1:].isascii() and w[1:].isalpha() and w[1:].islower() for w in words), words

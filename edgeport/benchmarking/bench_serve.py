@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,7 @@ def main() -> None:
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {a.out}")
+    shutil.rmtree(logs, ignore_errors=True)  # the servers' logs, kept only when a run fails
 
 
 def _print_runs(memory: dict, runs: list[dict]) -> None:
