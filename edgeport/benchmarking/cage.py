@@ -3,9 +3,10 @@ command runs on a 16 GB machine is that it runs with 16 GiB and no more. The lim
 the kernel charges the group (anonymous memory and the page cache of the files it reads and
 writes, memory-mapped weights among them), as a machine of that size would hold it; no swap.
 
-cgroup v2 (memory.max, memory.peak, memory.events' oom_kill) or v1 (memory.limit_in_bytes,
-memory.max_usage_in_bytes, memory.oom_control's oom_kill); it needs a writable hierarchy (root
-in a container that has one, or a delegated subtree)."""
+cgroup v1 (memory.limit_in_bytes, memory.max_usage_in_bytes, memory.oom_control's oom_kill: the
+machine the scale benchmark ran on) or v2 (memory.max, memory.peak, memory.events' oom_kill: written
+to the kernel's documented interface, not yet run); it needs a writable hierarchy (root in a
+container that has one, or a delegated subtree)."""
 
 from __future__ import annotations
 
