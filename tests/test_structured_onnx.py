@@ -126,8 +126,10 @@ def test_masking_only_refused_choices_gives_the_full_masks_answer(exported, case
     from edgeport.serving.guidance import Guide, TokenMask
 
     class Counted(TokenMask):
+        applied = 0
+
         def apply(self, logits):
-            self.applied = getattr(self, "applied", 0) + 1
+            self.applied += 1
             return super().apply(logits)
 
     class EveryStep(Counted):
@@ -147,4 +149,4 @@ def test_masking_only_refused_choices_gives_the_full_masks_answer(exported, case
     text = {c: "".join(rt.stream_ids(ids, 192, 0.0, 1.0, 0, (), constraint=c, result=done)) for c in (fast, full)}
     assert text[fast] == text[full], text
     assert done.finish_reason == "stop" and set(json.loads(text[fast])) == {"name", "n"}, text[fast]
-    assert getattr(fast, "applied", 0) < full.applied  # masks computed: only where the model was refused
+    assert fast.applied < full.applied  # masks computed: only where the model was refused

@@ -185,9 +185,7 @@ def main() -> None:
         print(f"== {name}: starting (log {logs / name}.log)", flush=True)
         memory: dict = {}
         with _started(cmd, ready, port, logs / f"{name}.log", memory) as url:
-            extra = {"logit_bias": bias} if bias else {}
-            if name == "llama-server":
-                extra |= same
+            extra = _fields(name, bias, same)
             load(url, [1], 1, 8, None, a.endpoint, extra)  # warm up: first-request allocations out of the figures
             r = load(url, levels, a.requests, a.max_tokens, None, a.endpoint, extra)
         result["servers"][name] = r["runs"]
@@ -209,6 +207,12 @@ def _print_runs(memory: dict, runs: list[dict]) -> None:
               flush=True)
 
 
+def _fields(name: str, bias: dict, same: dict) -> dict:
+    """The request fields a server's load adds: the --visible bias (every server), and for llama-server
+    reached directly the sampling the front asks it for."""
+    return {**({"logit_bias": bias} if bias else {}), **(same if name == "llama-server" else {})}
+
+
 def _paired(make, port: int, logs: Path, levels: list[int], a, bias: dict, same: dict, result: dict) -> None:
     """The front and its own llama-server, reached directly, the load alternated between them round
     by round (serve_load.paired): one engine process, so the ratio is the front's cost alone."""
@@ -217,8 +221,7 @@ def _paired(make, port: int, logs: Path, levels: list[int], a, bias: dict, same:
     memory, pid = {}, []
     with _started(cmd, ready, port, logs / "front.log", memory, pid) as url:
         child, child_url = child_llama_server(pid[0])
-        extra = {"logit_bias": bias} if bias else {}
-        targets = {"front": (url, extra), "llama-server": (child_url, {**extra, **same})}
+        targets = {name: (u, _fields(name, bias, same)) for name, u in (("front", url), ("llama-server", child_url))}
         for u, x in targets.values():  # warm up: first-request allocations out of the figures
             load(u, [1], 1, 8, None, a.endpoint, x)
         runs = paired(targets, levels, a.rounds, a.requests, a.max_tokens, a.endpoint)

@@ -95,7 +95,7 @@ TIMELINE_S = 5.0
 def run_measured(cmd: list[str], *, watch: list[Path], env: dict | None = None, cwd: Path | None = None,
                  log: Path, cage_bytes: int | None = None) -> Measured:
     """Run `cmd`, sampling its process tree's memory and `watch`'s disk use every 0.2 s; with
-    `cage_bytes`, in a memory cgroup of that size (benchmarking/cage.py), its report in `extra`."""
+    `cage_bytes`, in a memory cgroup of that size (benchmarking/cage.py), its report in `cage`."""
     m = Measured()
     cage = MemoryCage(cage_bytes, f"edgeport-scale-{os.getpid()}-{log.stem}") if cage_bytes else None
     t0 = time.monotonic()

@@ -274,7 +274,8 @@ def _grammar_refused(resp: httpx.Response) -> APIError:
 class RuntimeEngine(Engine):
     """A `runtimes.Runtime` in-process: one generation at a time on one worker thread. Where the runtime
     samples in our Python loop and takes a `constraint` (ONNX), a JSON schema or grammar is enforced by
-    an llguidance token mask applied at every step (guidance.py)."""
+    an llguidance token mask (guidance.py), computed where the model's own choice is refused
+    (runtimes/base.constrained_sample)."""
 
     def __init__(self, runtime, n_ctx: int):
         super().__init__(runtime.info, n_ctx, slots=1)
