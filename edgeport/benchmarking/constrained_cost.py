@@ -11,8 +11,8 @@ never closes and both write `--tokens` tokens (the tiny models close it after a 
 at 1.5–35 tokens/s here: a cost of that keyword, not of constraining as such.
 The figure: completion tokens over the request's wall time, median over the runs; the goal is
 constrained ≥ 0.90 × free. For gpt-oss the constrained request also holds the free analysis (at
-reasoning effort low, to keep it short) and the second phase's prompt, which the in-process ONNX
-runtime prefills again (it keeps no KV cache between generations; llama-server's prompt cache does).
+reasoning effort low, to keep it short) and the second phase's prompt, which both engines continue
+from the first phase's KV cache (llama-server's prompt cache; the ONNX runtime's keep_prefix).
 One request at a time; `--parallel 1`. (Timing streamed chunks instead does not work at these speeds:
 the front's events arrive in bursts, hundreds per read.)
 

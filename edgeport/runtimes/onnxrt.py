@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ def pick_providers(ep: str, available: Sequence[str]) -> list[str]:
     return chain
 
 
+# Tokens a kept generation allocates beyond its request (runtime.keep_prefix), for what the front
+# writes between phases: `<|end|><|start|>assistant<|channel|>final<|message|>` is 5, a forced call's
+# header with its name about 15.
+HEADROOM = 32
+
+
+@dataclass
+class _Kept:
+    """The state after a generation (keep_prefix): the ids it computed, what it was allocated for, and
+    its KV cache (an onnxruntime-genai generator, or the plain session's past tensors)."""
+
+    seq: list[int]
+    capacity: int
+    state: object
+
+
 class OnnxRuntime(TokenizerFileMixin, Runtime):
     name = "onnxruntime"
 
@@ -114,6 +131,10 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         kv_types = {self._inputs[n].type for n in self._past}
         self.kv_dtype_bytes = np.dtype(ORT_TYPES.get(next(iter(kv_types), ""), np.float32)).itemsize
         self.last_max_length: int | None = None  # what the last genai generator was created with
+        # Off by default (parity and bench measure every prompt from nothing); the server turns it on.
+        self.keep_prefix = False
+        self.prefix_hits = 0  # generations that continued a kept state (for tests and benchmarks)
+        self._kept: _Kept | None = None
 
     def _read_head_dim(self) -> int:
         if self._genai_config.is_file():
@@ -187,13 +208,38 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         else:
             yield from self._decode_session(prompt_ids)
 
+    def _resume(self, prompt_ids: list[int], max_length: int) -> _Kept | None:
+        """The kept state of the last generation when `prompt_ids` continue it (its prompt and every
+        token it computed, then at least one more) and it has room for `max_length`; else None. The
+        kept state is released either way, before a new one is allocated."""
+        kept, self._kept = self._kept, None
+        if (kept is None or not self.keep_prefix or len(prompt_ids) <= len(kept.seq)
+                or max_length > kept.capacity or prompt_ids[: len(kept.seq)] != kept.seq):
+            return None
+        self.prefix_hits += 1
+        return kept
+
+    def _capacity(self, max_length: int) -> int:
+        """What a generation allocates: the request, plus HEADROOM where the state is kept (for the
+        tokens a next phase adds: the front's header after the model's reasoning)."""
+        return min(max_length + HEADROOM, self.n_ctx) if self.keep_prefix else max_length
+
     def _decode_session(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
-        logits, past = self._run(np.asarray(prompt_ids), None, 0)
-        n = len(prompt_ids)
+        kept = self._resume(prompt_ids, len(prompt_ids))
+        if kept is None:
+            logits, past = self._run(np.asarray(prompt_ids), None, 0)
+        else:
+            logits, past = self._run(np.asarray(prompt_ids[len(kept.seq):]), kept.state, len(kept.seq))
+        seq = list(prompt_ids)
         while True:
-            tok = yield logits[-1].astype(np.float32)
-            logits, past = self._run(np.asarray([tok]), past, n)
-            n += 1
+            try:
+                tok = yield logits[-1].astype(np.float32)
+            except GeneratorExit:  # the caller is done: `past` holds exactly `seq`
+                if self.keep_prefix:
+                    self._kept = _Kept(seq, self.n_ctx, past)
+                raise
+            logits, past = self._run(np.asarray([tok]), past, len(seq))
+            seq.append(tok)
 
     def _genai(self):
         if self._og_model is None:
@@ -212,20 +258,33 @@ class OnnxRuntime(TokenizerFileMixin, Runtime):
         import onnxruntime_genai as og
 
         model = self._genai()
-        params = og.GeneratorParams(model)
-        # the KV cache is allocated for max_length up front: the request's tokens, not the model's context
-        params.set_search_options(max_length=max_length, do_sample=False)
-        self.last_max_length = max_length
-        gen = og.Generator(model, params)
+        kept = self._resume(prompt_ids, max_length)
+        if kept is None:
+            capacity = self._capacity(max_length)
+            params = og.GeneratorParams(model)
+            # the KV cache is allocated up front: the request's tokens, not the model's context
+            params.set_search_options(max_length=capacity, do_sample=False)
+            self.last_max_length = capacity
+            gen, start = og.Generator(model, params), 0
+        else:
+            capacity, gen, start = kept.capacity, kept.state, len(kept.seq)
+        seq = list(prompt_ids)
         try:
-            gen.append_tokens(np.asarray(prompt_ids, np.int32))
+            gen.append_tokens(np.asarray(prompt_ids[start:], np.int32))
             while True:
                 logits = np.asarray(gen.get_logits())  # [batch, 1, vocab]: the last position
-                tok = yield logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32)
+                try:
+                    tok = yield logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32)
+                except GeneratorExit:  # the caller is done: the generator holds exactly `seq`
+                    if self.keep_prefix:
+                        self._kept = _Kept(seq, capacity, gen)
+                    raise
                 gen.append_tokens(np.asarray([tok], np.int32))
+                seq.append(tok)
         finally:
             del gen
 
     def close(self) -> None:
+        self._kept = None
         self._sess = None
         self._og_model = None

@@ -15,7 +15,8 @@ cannot start in the middle of a generation at the final channel's header (a lazy
 header would reject it), so `harmony_json` generates in two phases on the same sequence: the
 reasoning free until the model opens the final channel or ends a message (the header is then
 written for it), and the answer from there under the schema. The second request's prompt is
-the first's plus what it generated, which llama-server's prompt cache keeps. A forced function
+the first's plus what it generated, which llama-server's prompt cache keeps, and the in-process
+ONNX runtime continues from its kept KV cache (runtime.keep_prefix). A forced function
 call (`tool_choice` required or named) is the same: the analysis free, then the call's header
 `<|channel|>commentary to=functions.` written for the model, the name decoded under a grammar of the
 offered names, and the arguments under that function's parameters schema.

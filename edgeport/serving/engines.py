@@ -281,6 +281,8 @@ class RuntimeEngine(Engine):
         super().__init__(runtime.info, n_ctx, slots=1)
         self.rt = runtime
         self.name = f"in-process {runtime.name}"
+        if hasattr(runtime, "keep_prefix"):  # a next phase continues the last generation's KV cache
+            runtime.keep_prefix = True
         self._lock = asyncio.Lock()
         self.stop_texts = [runtime.detokenize([t]) for t in runtime.info.stop_token_ids]
         tok = getattr(runtime, "tok", None)
