@@ -86,3 +86,30 @@ def test_a_continuation_longer_than_the_kept_allocation_starts_fresh(rt):
     next(d)
     d.close()
     assert rt.prefix_hits == hits and rt.last_max_length == min(cap + 1 + 32, rt.n_ctx)
+
+
+def test_the_servers_constrained_answer_continues_its_reasoning(exported):
+    """harmony_json over the ONNX engine: the answer's phase (the reasoning, the header the front writes,
+    then the schema) is a continuation of the free phase, so it reuses its cache."""
+    import asyncio
+
+    from edgeport.core.harmony import render_harmony_own
+    from edgeport.serving.constrained import harmony_json
+    from edgeport.serving.engines import Generation, open_engine
+
+    path, _ = exported("onnx-gpt-oss-mxfp4-int8")
+
+    async def run() -> tuple[str, int]:
+        engine = open_engine(path, n_ctx=1024, slots=None)
+        try:
+            ids = await engine.tokenize(render_harmony_own([{"role": "user", "content": "List some numbers."}],
+                                                           "low", None, None))
+            gen = Generation(ids, 64, temperature=0.0, json_schema={"type": "array", "items": {"type": "integer"}})
+            text = "".join([p.text async for p in harmony_json(engine, gen)])
+            return text, engine.rt.prefix_hits
+        finally:
+            await engine.close()
+
+    text, hits = asyncio.run(run())
+    assert "<|channel|>final<|message|>[" in text
+    assert hits == 1
