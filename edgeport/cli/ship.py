@@ -74,11 +74,13 @@ def serving_support(m: dict):
     (edgeport/serving/support.py), so show and the server cannot disagree."""
     from rich.table import Table
 
+    from edgeport.core.template_tools import call_format
     from edgeport.serving.support import features, support
 
     rt = m["runtime"]["name"]
     s = support(rt)
-    f = features(rt, m["model"].get("chat_format") == "harmony")
+    fmt = call_format(m["model"].get("chat_template"))
+    f = features(rt, m["model"].get("chat_format") == "harmony", fmt.name if fmt else None)
     if not f:
         return f"serving: {s.engine} is not served by edgeport serve (see the kit's run.sh)"
     t = Table(title=f"serving over {s.engine}" + ("" if s.run_here else " (not run here)"))

@@ -4,6 +4,7 @@ that ships with the checkpoint, rendered here in a sandbox."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,15 +25,24 @@ def as_messages(messages: Sequence[dict | Message]) -> list[Message]:
 
 
 def render_template(template: str, messages: Sequence[dict | Message], *, bos_token: str = "",
-                    eos_token: str = "", effort: str | None = None) -> str:
-    """Render a checkpoint's jinja chat template in a sandbox (templates are untrusted input)."""
+                    eos_token: str = "", effort: str | None = None, tools: list[dict] | None = None) -> str:
+    """Render a checkpoint's jinja chat template in a sandbox (templates are untrusted input). Messages
+    given as dicts keep their other keys (`tool_calls`, a result's `name`: template_tools.py), and
+    `tools` is passed as Hugging Face passes it (None when the request offers none)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    msgs = [{"role": m.role, "content": m.content} for m in as_messages(messages)]
+    env.filters["tojson"] = _tojson
+    msgs = [dict(m) if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
     return env.from_string(template).render(
         messages=msgs, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token,
-        reasoning_effort=normalize_effort(effort))
+        reasoning_effort=normalize_effort(effort), tools=tools or None)
+
+
+def _tojson(x, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+    """Hugging Face's `tojson` for chat templates (Jinja's own escapes <, >, & and ' for HTML, which
+    would change the tool definitions a model was trained to read)."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 class StopMatcher:

@@ -26,6 +26,15 @@ from starlette.types import Receive, Scope, Send
 from edgeport.core.chat import render_template
 from edgeport.core.harmony import STOP as HARMONY_STOP
 from edgeport.core.harmony import render_harmony
+from edgeport.core.template_tools import (
+    FORMATS,
+    TemplateCallStream,
+    call_format,
+    declares_tools,
+    forced_schema,
+    template_messages,
+    template_tools,
+)
 
 from . import responses
 from .constrained import check_schema, harmony_json, harmony_tool_call
@@ -154,21 +163,22 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
         _check_model(req.model, settings)
-        gen, source = await chat_generation(engine, req)
-        return await _respond(gate, settings, req, request, lambda: _whole(engine, req, gen, source, True, harmony),
-                              lambda: _stream(engine, req, gen, source, True, harmony))
+        gen, source, calls = await chat_generation(engine, req)
+        return await _respond(gate, settings, req, request,
+                              lambda: _whole(engine, req, gen, source, True, harmony, calls),
+                              lambda: _stream(engine, req, gen, source, True, harmony, calls))
 
     @app.post("/v1/responses")
     async def respond(req: ResponsesRequest, request: Request):
         _check_model(req.model, settings)
         try:
             chat = req.chat(store.history(req.previous_response_id))
-            gen, source = await chat_generation(engine, chat)
+            gen, source, calls = await chat_generation(engine, chat)
         except APIError as e:
             raise responses.as_responses_error(e) from None
         return await _respond(gate, settings, req, request,
-                              lambda: responses.whole(engine, req, chat, gen, source, store),
-                              lambda: responses.stream(engine, req, chat, gen, source, store))
+                              lambda: responses.whole(engine, req, chat, gen, source, store, calls),
+                              lambda: responses.stream(engine, req, chat, gen, source, store, calls))
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -191,32 +201,44 @@ def _check_model(name: str, settings: Settings) -> None:
                        param="model", code="model_not_found")
 
 
-async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation, AsyncIterator[Piece]]:
-    """A chat request's generation and the pieces it streams (free, or constrained where a schema or a
-    forced call asks for it): every check a 400 before anything is generated."""
+async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation, AsyncIterator[Piece],
+                                                                      TemplateCallStream | None]:
+    """A chat request's generation, the pieces it streams (free, or constrained where a schema or a
+    forced call asks for it) and, for a dense model offered tools, the reader of its calls: every check
+    a 400 before anything is generated."""
     harmony = engine.info.chat_format == "harmony"
     offered, forced = req.tool_plan()
     msgs = req.conversation()
     info = engine.info
+    fmt = None
     if harmony:
         text = render_harmony(msgs, req.reasoning_effort, tools=offered)
-    elif offered or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs):
-        raise APIError(400, "tools are served for gpt-oss (harmony) models only yet; this model's chat template "
-                            "is rendered without them", param="tools", code="unsupported_tools")
-    elif info.chat_template:
-        text = render_template(info.chat_template, msgs, bos_token=info.bos_token, eos_token=info.eos_token,
-                               effort=req.reasoning_effort)
-    else:
+    elif not info.chat_template:
         raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
+    else:
+        with_tools = bool(req.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
+        if with_tools and (fmt := call_format(info.chat_template)) is None:
+            what = "declares them in a format edgeport does not read" if declares_tools(info.chat_template) \
+                else "does not declare them"
+            raise APIError(400, f"tools: this model's chat template {what}; tools are served for gpt-oss "
+                                f"(harmony) and templates with {' or '.join(f.name for f in FORMATS)} calls",
+                           param="tools", code="unsupported_tools")
+        text = render_template(info.chat_template, template_messages(msgs) if fmt else msgs,
+                               bos_token=info.bos_token, eos_token=info.eos_token, effort=req.reasoning_effort,
+                               tools=template_tools(offered) if fmt else None)
     schema = await _schema(engine, req)
     await _check_forced(engine, req, forced)
+    if fmt is not None and forced:  # the whole message is the call: decoded under its schema
+        schema = forced_schema(fmt, forced)
+        await engine.check_constraint(schema, None, "tools")
     gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
     gen.json_schema = schema
-    if forced:  # a call the model must make: constrained, not hoped for
-        return gen, harmony_tool_call(engine, gen, forced)
+    calls = TemplateCallStream(fmt, {t["name"] for t in offered}) if fmt and offered else None
+    if forced and harmony:  # a call the model must make: constrained, not hoped for
+        return gen, harmony_tool_call(engine, gen, forced), None
     if harmony and schema is not None:  # gpt-oss: only the final answer is bound by the schema
-        return gen, harmony_json(engine, gen)
-    return gen, engine.generate(gen)  # a dense model's whole answer is
+        return gen, harmony_json(engine, gen), None
+    return gen, engine.generate(gen), calls  # a dense model's whole answer is
 
 
 async def _schema(engine: Engine, req: ChatRequest) -> dict | None:
@@ -324,9 +346,9 @@ async def _until_disconnect(request: Request, work) -> dict | None:
 
 
 async def _whole(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
-                 harmony: bool) -> dict:
+                 harmony: bool, template_calls: TemplateCallStream | None = None) -> dict:
     reasoning, content, calls, finish, n = [], [], {}, "stop", 0
-    out = Output(engine, harmony)
+    out = Output(engine, harmony, template_calls)
     async for d, f, k in pieces(source, out):
         reasoning.append(d.reasoning)
         content.append(d.content)
@@ -358,7 +380,7 @@ async def _whole(engine: Engine, req, gen: Generation, source: AsyncIterator[Pie
 
 
 async def _stream(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
-                  harmony: bool) -> AsyncIterator[bytes | str]:
+                  harmony: bool, template_calls: TemplateCallStream | None = None) -> AsyncIterator[bytes | str]:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -371,7 +393,7 @@ async def _stream(engine: Engine, req, gen: Generation, source: AsyncIterator[Pi
         if chat:
             yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         n = 0
-        out = Output(engine, harmony)
+        out = Output(engine, harmony, template_calls)
         async with contextlib.aclosing(pieces(source, out)) as parsed:
             async for d, f, k in parsed:
                 if chat:

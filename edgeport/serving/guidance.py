@@ -29,12 +29,34 @@ def available() -> bool:
     return True
 
 
+# llama.cpp's converter writes an integer as at most 16 digits ("[0] | [1-9] [0-9]{0,15}"); llguidance
+# bounds none, and a weak model at temperature 0 then writes one digit after another until max_tokens.
+INTEGER_BOUND = 10**16 - 1
+
+
+def digits_bounded(schema):
+    """`schema` with every integer not bounded on a side bounded as llama.cpp's converter bounds it
+    (16 digits), so both engines end a number alike; an answer valid here is valid under `schema`."""
+    if isinstance(schema, list):
+        return [digits_bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k in ("enum", "const", "default", "examples") else digits_bounded(v)) for k, v in schema.items()}
+    types = schema.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -INTEGER_BOUND
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = INTEGER_BOUND
+    return out
+
+
 def grammar_for(json_schema: dict | None, grammar: str | None) -> str:
     """llguidance's grammar for a generation's constraint (a JSON schema, or a GBNF grammar)."""
     import llguidance as llg
 
     if json_schema is not None:
-        return llg.LLMatcher.grammar_from_json_schema(json_schema, overrides=WHITESPACE)
+        return llg.LLMatcher.grammar_from_json_schema(digits_bounded(json_schema), overrides=WHITESPACE)
     return llg.grammar_from("gbnf", grammar or "")
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from edgeport.core.chat import StopMatcher
 from edgeport.core.harmony import Delta, HarmonyStream
+from edgeport.core.template_tools import TemplateCallStream
 
 from .engines import Engine, Piece
 
@@ -19,17 +20,21 @@ class Output:
     """Engine text -> deltas (reasoning, content, function calls): harmony parsed, stop-token texts cut;
     each call gets its OpenAI id here."""
 
-    def __init__(self, engine: Engine, harmony: bool):
+    def __init__(self, engine: Engine, harmony: bool, calls: TemplateCallStream | None = None):
         self.harmony = HarmonyStream() if harmony else None
+        self.calls = calls  # a dense model's calls, in its template's format (template_tools.py)
         self.cuts = [t for t in engine.stop_texts if t]
         self.call_ids: list[str] = []
 
     def feed(self, text: str) -> Delta:
-        return self.harmony.feed(text) if self.harmony else Delta(content=text)
+        if self.harmony:
+            return self.harmony.feed(text)
+        return self.calls.feed(text) if self.calls else Delta(content=text)
 
     def finish(self, tail: str = "") -> Delta:
-        if self.harmony:
-            d1, d2 = self.harmony.feed(tail), self.harmony.finish()
+        parser = self.harmony or self.calls
+        if parser:
+            d1, d2 = parser.feed(tail), parser.finish()
             return Delta(d1.reasoning + d2.reasoning, d1.content + d2.content, d1.calls + d2.calls)
         return Delta(content=tail)
 

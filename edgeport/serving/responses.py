@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel
 
 from edgeport.core.harmony import Delta
+from edgeport.core.template_tools import TemplateCallStream
 
 from .engines import Engine, Generation, Piece
 from .output import MALFORMED_NOTE, Output, pieces
@@ -175,9 +176,10 @@ def _turns_of(req: ResponsesRequest, chat: ChatRequest, items: list[dict]) -> li
 
 
 async def run(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
-              source: AsyncIterator[Piece], store: Store, rid: str) -> AsyncIterator[dict]:
+              source: AsyncIterator[Piece], store: Store, rid: str,
+              calls: TemplateCallStream | None = None) -> AsyncIterator[dict]:
     """The response's events, the last one response.completed (or .incomplete) with the whole response."""
-    out, items = Output(engine, engine.info.chat_format == "harmony"), _Items()
+    out, items = Output(engine, engine.info.chat_format == "harmony", calls), _Items()
     finish, n = "stop", 0
     yield items.event("response.created", response=_body(rid, req, [], "in_progress", gen, 0, False))
     async with contextlib.aclosing(pieces(source, out)) as parsed:
@@ -195,19 +197,20 @@ async def run(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Gen
 
 
 async def whole(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
-                source: AsyncIterator[Piece], store: Store) -> dict:
+                source: AsyncIterator[Piece], store: Store, calls: TemplateCallStream | None = None) -> dict:
     last = {}
-    async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"))) as events:
+    async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"), calls)) as events:
         async for e in events:
             last = e
     return last["response"]
 
 
 async def stream(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
-                 source: AsyncIterator[Piece], store: Store) -> AsyncIterator[bytes]:
+                 source: AsyncIterator[Piece], store: Store,
+                 calls: TemplateCallStream | None = None) -> AsyncIterator[bytes]:
     """Server-sent events, each named by its type (as OpenAI sends them)."""
     try:
-        async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"))) as events:
+        async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"), calls)) as events:
             async for e in events:
                 yield b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
     except Exception as e:  # the client went away: CancelledError is no Exception and passes

@@ -3,13 +3,17 @@ states per artifact and the README's table is checked against (tests/test_show.p
 cannot disagree.
 
 Keyed by the manifest's runtime name (the engine `engines.open_engine` picks for it). Tools need a
-model that declares them in its prompt format (harmony, gpt-oss); that is the model's property, not
-the engine's, so `features` takes both.
+model that declares them in its prompt format (harmony, gpt-oss; a dense model's chat template in a
+call format edgeport reads); that is the model's property, not the engine's, so `features` takes both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from edgeport.core.template_tools import FORMATS
+
+FORMAT_NAMES = [f.name for f in FORMATS]
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,31 @@ def support(runtime: str) -> EngineSupport:
     return ENGINES.get(runtime, EngineSupport(runtime, False, "", run_here=False))
 
 
-def features(runtime: str, harmony: bool) -> dict[str, str]:
+# a dense model's tools: its chat template's call format, as edgeport/core/template_tools.py reads it
+ANY_TEMPLATE = "any"  # the README's generic dense row: whatever a template declares
+
+
+def features(runtime: str, harmony: bool, calls: str | None = ANY_TEMPLATE) -> dict[str, str]:
     """What a server over `runtime` supports for a model (harmony: gpt-oss), one word or phrase per column
-    (empty where `edgeport serve` does not serve the runtime)."""
+    (empty where `edgeport serve` does not serve the runtime). For a dense model, `calls` is its chat
+    template's call format (template_tools.call_format's name; None: the template declares no tools
+    edgeport reads), or ANY_TEMPLATE for the README's row."""
     s = support(runtime)
     if not s.serves:
         return {}
     enforced = f"enforced ({s.how})" if s.constrains else "400 (not supported by this engine yet)"
+    if harmony:
+        tools, forced = "yes", enforced
+    elif calls == ANY_TEMPLATE:
+        tools = f"where the chat template declares them ({', '.join(FORMAT_NAMES)}); else 400 unsupported_tools"
+        forced = f"{enforced}, where the template declares tools"
+    elif calls is None:
+        tools = forced = "400 unsupported_tools (its chat template declares no tools edgeport reads)"
+    else:
+        tools, forced = f"yes ({calls} calls, as its chat template declares)", enforced
     return {
-        "tools auto/none": "yes" if harmony else "400 unsupported_tools (gpt-oss only)",
-        "tool_choice required/named": enforced if harmony else "400 unsupported_tools (gpt-oss only)",
+        "tools auto/none": tools,
+        "tool_choice required/named": forced,
         "response_format json_object/json_schema": (enforced.replace(")", ", final channel)", 1)
                                                     if harmony and s.constrains else enforced),
         "/v1/responses": "yes",

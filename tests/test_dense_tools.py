@@ -1,0 +1,248 @@
+"""Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls:
+edgeport/core/template_tools.py), through the real `openai` client and LangChain against
+`python -m edgeport.serving` over llama-server (GGUF) and the in-process ONNX runtime.
+
+The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja as its chat template (Meta's
+format, cut down). It was never taught to call tools, so a call it makes under `tool_choice` required
+or named is the constraint's doing; what it writes on its own under `auto` is read by the same parser,
+tested here on a scripted engine. Per engine: 21 forced calls (required and each tool, temperature 0
+and 6 seeds at 1), each validated against its tool's schema with `jsonschema`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import pytest
+
+from edgeport.core.template_tools import TemplateCallStream, call_format, parse_call
+from tests.conftest import ROOT, asgi_server
+from tests.test_serving import _client, _model, server
+from tests.test_tools import HAIKU, SCHEMAS, TOOLS, _refused
+
+TEMPLATE = ROOT / "tests" / "templates" / "llama3-tools.jinja"
+LLAMA3 = call_format(TEMPLATE.read_text())
+ROUND_TRIP = [{"role": "user", "content": "Weather in Paris?"},
+              {"role": "assistant", "content": None,
+               "tool_calls": [{"id": "call_1", "type": "function",
+                               "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'}]
+
+
+@pytest.fixture(scope="module")
+def tools_llama(tmp_path_factory):
+    """The tiny Llama with a template that declares tools."""
+    out = tmp_path_factory.mktemp("tools-llama") / "tiny-llama-tools"
+    shutil.copytree(ROOT / "edgeport" / "models" / "tiny-llama", out)
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    shutil.copy(TEMPLATE, out / "chat_template.jinja")
+    return out
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("onnx", marks=pytest.mark.toolenv)],
+                ids=["gguf-llama", "onnx-llama"])
+def served(request, tools_llama, tmp_path_factory):
+    from edgeport.export.pipeline import export
+
+    path = tmp_path_factory.mktemp("dense-tools") / request.param
+    export(str(tools_llama), request.param, path)
+    with server(path, "--ctx", "1024") as url:
+        yield url, path
+
+
+def _valid(call) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+@pytest.mark.parametrize("choice", ["required", "add", "get_weather"])
+def test_a_forced_call_is_always_made_and_valid(served, choice):
+    c = _client(served[0])
+    model = _model(c)
+    tool_choice = choice if choice == "required" else {"type": "function", "function": {"name": choice}}
+    for temperature, seed in [(0, None), *((1, s) for s in range(6))]:
+        r = c.chat.completions.create(model=model, messages=HAIKU, tools=TOOLS, tool_choice=tool_choice,
+                                      max_tokens=200, temperature=temperature, seed=seed)
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch
+        assert len(ch.message.tool_calls) == 1 and not ch.message.content
+        assert ch.message.tool_calls[0].function.name == choice or choice == "required"
+        _valid(ch.message.tool_calls[0])
+
+
+def test_streamed_call_is_the_same_call(served):
+    c = _client(served[0])
+    model = _model(c)
+    kw = {"model": model, "messages": HAIKU, "tools": TOOLS, "tool_choice": "required", "max_tokens": 200,
+          "temperature": 0}
+    whole = c.chat.completions.create(**kw).choices[0].message.tool_calls[0]
+    name, args, finish, ids = None, "", None, set()
+    for ch in c.chat.completions.create(**kw, stream=True):
+        for choice in ch.choices:
+            for d in choice.delta.tool_calls or []:
+                name = d.function.name or name
+                args += d.function.arguments or ""
+                ids |= {d.id} if d.id else set()
+            finish = choice.finish_reason or finish
+    assert (name, json.loads(args), finish) == (whole.function.name, json.loads(whole.function.arguments),
+                                                "tool_calls")
+    assert len(ids) == 1
+
+
+def test_tools_and_a_result_are_rendered_by_the_template(served):
+    """The prompt the server generated from is the template's own rendering of the tools and of the
+    call and its result (ipython turn): its token count equals the tokenizer's count of that text."""
+    from tokenizers import Tokenizer
+
+    from edgeport.core.chat import render_template
+    from edgeport.core.template_tools import template_messages, template_tools
+    from edgeport.serving.protocol import ChatRequest
+
+    url = served[0]
+    c = _client(url)
+    model = _model(c)
+    tok = Tokenizer.from_file(str(ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer.json"))
+    req = ChatRequest(model=model, messages=ROUND_TRIP, tools=TOOLS)
+    cfg = json.loads((ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer_config.json").read_text())
+    text = render_template(TEMPLATE.read_text(), template_messages(req.conversation()),
+                           bos_token=cfg.get("bos_token") or "", tools=template_tools(req.tool_plan()[0]))
+    assert '"name": "get_weather"' in text and "ipython" in text and '"parameters": {"city": "Paris"}' in text
+    r = c.chat.completions.create(model=model, messages=ROUND_TRIP, tools=TOOLS, max_tokens=8, temperature=0)
+    assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False).ids)
+    plain = c.chat.completions.create(model=model, messages=ROUND_TRIP[:1], max_tokens=8, temperature=0)
+    assert plain.usage.prompt_tokens < r.usage.prompt_tokens  # without tools: no tool definitions
+
+
+def test_bad_tool_requests_are_openai_errors(served):
+    c = _client(served[0])
+    model = _model(c)
+    unknown = [*ROUND_TRIP[:2], {**ROUND_TRIP[2], "tool_call_id": "call_nope"}]
+    err = _refused(c, model, messages=unknown, tools=TOOLS)
+    assert err["param"] == "messages.2.tool_call_id" and "call_nope" in err["message"]
+    odd = [{"type": "function", "function": {"name": "odd", "parameters": {"type": "number", "multipleOf": 3}}}]
+    err = _refused(c, model, tools=odd, tool_choice="required")
+    assert err["code"] == "unsupported_schema" and err["param"] == "tools.0.function.parameters"
+    nameless = [{"type": "function", "function": {"description": "no name", "parameters": SCHEMAS["add"]}}]
+    assert _refused(c, model, tools=nameless)["param"] == "tools.0.function.name"
+
+
+def test_langchain_binds_tools_and_gets_a_call(served):
+    from langchain_openai import ChatOpenAI
+
+    c = _client(served[0])
+    llm = ChatOpenAI(base_url=f"{served[0]}/v1", api_key="unused", model=_model(c), temperature=0, max_tokens=200,
+                     max_retries=0)
+    msg = llm.bind_tools([t["function"] for t in TOOLS], tool_choice="any").invoke("Add 2 and 3.")
+    assert len(msg.tool_calls) == 1 and msg.tool_calls[0]["name"] in SCHEMAS
+    jsonschema.validate(msg.tool_calls[0]["args"], SCHEMAS[msg.tool_calls[0]["name"]])
+
+
+def test_responses_api_returns_a_function_call_item(served):
+    c = _client(served[0])
+    tools = [{"type": "function", **t["function"]} for t in TOOLS]
+    r = c.responses.create(model=_model(c), input="Add 2 and 3.", tools=tools, tool_choice="required",
+                           max_output_tokens=200, temperature=0)
+    calls = [i for i in r.output if i.type == "function_call"]
+    assert len(calls) == 1
+    jsonschema.validate(json.loads(calls[0].arguments), SCHEMAS[calls[0].name])
+
+
+def test_a_template_without_tools_refuses_them(exported):
+    """The bundled tiny Llama's template renders no tools: a 400 that says so, not tools dropped."""
+    path, _ = exported("cpu-llama")
+    with server(path, "--ctx", "512") as url:
+        c = _client(url)
+        err = _refused(c, _model(c), tools=TOOLS)
+        assert err["code"] == "unsupported_tools" and "does not declare them" in err["message"]
+
+
+def _scripted(text: str):
+    """An engine that writes `text` a few characters at a time, for the tools template's model."""
+    from edgeport.runtimes.base import ModelInfo
+    from edgeport.serving.engines import Engine, Piece
+
+    class Scripted(Engine):
+        name = "scripted"
+
+        async def tokenize(self, text: str) -> list[int]:
+            return [1] * len(text.split())
+
+        async def generate(self, gen):
+            for i in range(0, len(text), 3):
+                yield Piece(text[i:i + 3])
+            yield Piece("", "stop", len(text) // 3)
+
+    return Scripted(ModelInfo(architecture="llama", chat_format="template", chat_template=TEMPLATE.read_text()),
+                    n_ctx=4096, slots=1)
+
+
+@pytest.mark.parametrize("said,call", [
+    ('{"name": "get_weather", "parameters": {"city": "Paris"}}', ("get_weather", {"city": "Paris"})),
+    ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}', ("add", {"a": 1, "b": 2})),
+    ('{"name": "nope", "parameters": {}}', None),  # not an offered tool: the text it is
+    ('{"a": 1}', None),
+    ("It is sunny.", None),
+])
+def test_a_call_the_model_makes_on_its_own_is_read_streamed_or_not(said, call):
+    from edgeport.serving.app import Settings, create_app
+
+    with asgi_server(create_app(_scripted(said), Settings("m", 1, 0))) as url:
+        c = _client(url)
+        m = c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS).choices[0]
+        content, args, name, finish = "", "", None, None
+        for ch in c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS, stream=True):
+            for choice in ch.choices:
+                content += choice.delta.content or ""
+                for d in choice.delta.tool_calls or []:
+                    name, args = d.function.name or name, args + (d.function.arguments or "")
+                finish = choice.finish_reason or finish
+        if call is None:
+            assert (m.finish_reason, m.message.content, m.message.tool_calls) == ("stop", said, None)
+            assert (finish, content, name) == ("stop", said, None)
+        else:
+            got = m.message.tool_calls[0].function
+            assert m.finish_reason == "tool_calls" and (got.name, json.loads(got.arguments)) == call
+            assert (finish, name, json.loads(args), content) == ("tool_calls", call[0], call[1], "")
+
+
+def test_text_streams_at_once_and_a_possible_call_waits_for_its_end():
+    s = TemplateCallStream(LLAMA3, {"add"})
+    assert s.feed("  It").content == "  It" and s.feed(" is").content == " is"
+    s = TemplateCallStream(LLAMA3, {"add"})
+    assert not s.feed(' {"name"') and not s.feed(': "add", "parameters": {"a": 1, "b": 2}}')
+    d = s.finish()
+    assert d.calls[0].name == "add" and json.loads(d.calls[0].arguments) == {"a": 1, "b": 2} and not d.content
+    s = TemplateCallStream(LLAMA3, {"add"})
+    assert not s.feed("<|pyth") and s.finish().content == "<|pyth"  # a prefix of a prefix, then the end
+    assert parse_call(LLAMA3, '{"name": "add", "arguments": {"a": 1}}', {"add"}) == ("add", '{"a": 1}')
+    assert parse_call(LLAMA3, '{"name": "add", "parameters": {}, "x": 1}', {"add"}) is None
+
+
+def test_only_known_call_formats_are_rendered_with_tools():
+    hermes = "{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>{{ messages[0].content }}"
+    assert call_format(hermes) is None  # declares tools, in a format the front does not read
+    assert call_format((ROOT / "edgeport" / "models" / "tiny-llama" / "chat_template.jinja").read_text()) is None
+    assert LLAMA3 is not None and LLAMA3.name == "llama3_json"
+
+
+def test_the_onnx_engine_ends_an_integer_where_llama_cpp_does():
+    """llguidance bounds no integer; llama.cpp's converter allows 16 digits. Unbounded, the tiny Llama
+    under a forced call wrote "5" until max_tokens over ONNX while llama-server ended the number."""
+    from tokenizers import Tokenizer
+
+    from edgeport.serving.guidance import Guide
+
+    path = ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    guide = Guide(path.read_text(), tok.get_vocab_size(with_added_tokens=True), [tok.token_to_id("<|eot_id|>")])
+    one, close = tok.token_to_id("1"), tok.encode("}", add_special_tokens=False).ids[0]
+    mask = guide.mask({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}, None)
+    for t in tok.encode('{"n": ', add_special_tokens=False).ids:
+        mask.advance(t)
+    for _ in range(16):
+        assert mask.allows(one)
+        mask.advance(one)
+    assert not mask.allows(one) and mask.allows(close)
