@@ -109,6 +109,30 @@ def test_a_call_is_shown_as_it_streams():
     assert reply.calls == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
 
 
+def test_a_dense_models_call_is_shown_when_its_message_ends():
+    """A dense model's call (Llama 3.1 JSON) is the whole message: chat shows it once it is whole, as
+    `call: NAME ARGUMENTS`, and keeps it for the history; other text is the answer, shown as it comes."""
+    import io
+
+    from edgeport.core.template_tools import FORMATS, TemplateCallStream
+    from edgeport.serving.chat import Reply
+
+    out = io.StringIO()
+    reply = Reply(out, harmony=False, calls=TemplateCallStream(FORMATS[0], {"get_weather"}))
+    for piece in ('{"name": "get_', 'weather", "parameters": ', '{"city": "Paris"}}'):
+        reply.feed(piece)
+        assert out.getvalue() == ""
+    assert reply.finish() == ""
+    assert out.getvalue() == 'call: get_weather {"city": "Paris"}\n'
+    assert reply.calls == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
+    out = io.StringIO()
+    reply = Reply(out, harmony=False, calls=TemplateCallStream(FORMATS[0], {"get_weather"}))
+    reply.feed("It is ")
+    assert out.getvalue() == "assistant: It is "
+    reply.feed("sunny.")
+    assert reply.finish() == "It is sunny." and not reply.calls
+
+
 def test_chat_with_tools_in_a_terminal(exported, tmp_path):
     path, _ = exported("cpu-gpt-oss")
     tools = tmp_path / "tools.json"
@@ -137,6 +161,8 @@ def test_chat_bad_tools_file_is_one_line(exported, tmp_path):
     bad["not-json"][0].write_text("{")
     bad["not-a-list"][0].write_text("{}")
     bad["nameless"][0].write_text(json.dumps([{"type": "function", "function": {"description": "x"}}]))
+    bad["no-tools-in-template"] = (tmp_path / "d.json", "chat template does not declare them")
+    bad["no-tools-in-template"][0].write_text(json.dumps(WEATHER_TOOLS))
     for f, words in bad.values():
         r = subprocess.run([INVOKE, "chat", "--artifact", str(path), "--tools", str(f)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)

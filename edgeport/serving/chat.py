@@ -3,8 +3,9 @@
 The artifact's own runtime runs in-process (no server); gpt-oss output goes through the same
 harmony parser as the server, so reasoning is shown apart from the answer (dimmed) and never
 kept in the history, and a function call is shown as it streams (`call: NAME ARGUMENTS`).
-`--tools FILE` declares OpenAI tool definitions to gpt-oss as the server does; after a call the
-chat asks for its result and the model goes on. Commands: /effort low|medium|high (or
+`--tools FILE` declares OpenAI tool definitions as the server does (to gpt-oss, or to a dense model
+whose chat template declares tools: edgeport/core/template_tools.py); after a call the chat asks for
+its result and the model goes on. Commands: /effort low|medium|high (or
 fast|balanced|deep), /reset, /exit.
 """
 
@@ -15,8 +16,17 @@ import sys
 from pathlib import Path
 
 from edgeport import runtimes
+from edgeport.core.chat import render_template
 from edgeport.core.errors import EdgeportError
 from edgeport.core.harmony import HarmonyStream, normalize_effort, render_harmony
+from edgeport.core.template_tools import (
+    FORMATS,
+    TemplateCallStream,
+    call_format,
+    declares_tools,
+    template_messages,
+    template_tools,
+)
 
 from .protocol import Tool
 
@@ -69,8 +79,9 @@ class Reply:
     as it streams, after `call: ` (its name, then its arguments); no harmony marker is shown.
     `edgeport chat` and `edgeport run --chat` both print through it."""
 
-    def __init__(self, out, *, harmony: bool, label_plain: bool = True):
-        self.out, self.parser = out, HarmonyStream() if harmony else None
+    def __init__(self, out, *, harmony: bool, label_plain: bool = True, calls: TemplateCallStream | None = None):
+        # gpt-oss: harmony; a dense model offered tools: its template's call format (template_tools.py)
+        self.out, self.parser = out, HarmonyStream() if harmony else calls
         tty = out.isatty()
         self.dim, self.bold, self.reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
         self.label_plain = label_plain  # label a non-harmony answer too
@@ -134,8 +145,12 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
     out = sys.stdout
     with runtimes.load(artifact) as rt:
         harmony = rt.info.chat_format == "harmony"
-        if tools and not harmony:
-            raise ChatError("--tools: tools are declared to gpt-oss (harmony) models only yet")
+        fmt = call_format(rt.info.chat_template) if tools and not harmony else None
+        if tools and not harmony and fmt is None:
+            what = "declares them in a format edgeport does not read" if declares_tools(rt.info.chat_template) \
+                else "does not declare them"
+            raise ChatError(f"--tools: this model's chat template {what} (gpt-oss and templates with "
+                            f"{', '.join(f.name for f in FORMATS)} calls take tools)")
         shown = f"; tools: {', '.join(t['name'] for t in tools)}" if tools else ""
         print(f"chatting with {artifact} ({rt.name}){shown}; {HELP}", file=out, flush=True)
         history: list[dict] = []
@@ -166,9 +181,13 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
                 continue
             history.append({"role": "user", "content": text})
             while True:  # the model's turn, and after each call it makes, its result and the model again
-                reply = Reply(out, harmony=harmony)
-                if tools:  # declared in the developer message, as the server renders them
-                    ids = rt.encode(render_harmony(history, effort, tools=tools), add_bos=False)
+                names = {t["name"] for t in tools or []}
+                reply = Reply(out, harmony=harmony, calls=TemplateCallStream(fmt, names) if fmt else None)
+                if tools:  # rendered as the server renders them
+                    text = render_harmony(history, effort, tools=tools) if harmony else render_template(
+                        rt.info.chat_template, template_messages(history), bos_token=rt.info.bos_token,
+                        eos_token=rt.info.eos_token, effort=effort, tools=template_tools(tools))
+                    ids = rt.encode(text, add_bos=False)
                     pieces = rt.stream_ids(ids, max_new_tokens, temperature, 1.0, seed)
                 else:
                     pieces = rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
