@@ -95,3 +95,43 @@ def test_bad_responses_requests_are_openai_errors(served):
             c.responses.create(model=model, input="hi", **bad)
         err = e.value.response.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and err["param"] == param, err
+
+
+def test_a_stored_response_is_retrieved_and_deleted():
+    """GET /v1/responses/{id} returns the stored response as it was answered; DELETE forgets it (and its
+    conversation for previous_response_id); `store: false` keeps nothing. Any engine: a scripted one."""
+    from edgeport.serving.app import Settings, create_app
+    from tests.conftest import asgi_server
+    from tests.test_tools import _scripted
+
+    engine = _scripted("<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>final<|message|>"
+                       "Hello.<|return|>")
+    with asgi_server(create_app(engine, Settings("m", 1, 0))) as url:
+        c = _client(url)
+        r = c.responses.create(model="m", input="hi")
+        got = c.responses.retrieve(r.id)
+        assert got.model_dump() == r.model_dump() and got.output_text == "Hello."
+        assert c.responses.create(model="m", input="again", previous_response_id=r.id).status == "completed"
+        c.responses.delete(r.id)
+        for call in (lambda: c.responses.retrieve(r.id),
+                     lambda: c.responses.create(model="m", input="hi", previous_response_id=r.id)):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        unstored = c.responses.create(model="m", input="hi", store=False)
+        with pytest.raises(openai.NotFoundError) as e:
+            c.responses.retrieve(unstored.id)
+        assert e.value.response.json()["error"]["code"] == "response_not_found"
+
+
+def test_the_store_is_bounded_and_forgets_oldest_first():
+    from edgeport.serving.protocol import APIError
+    from edgeport.serving.responses import Store
+
+    s = Store(size=2)
+    for i in range(3):
+        s.keep(f"r{i}", [{"role": "user", "content": str(i)}], {"id": f"r{i}"})
+    with pytest.raises(APIError):
+        s.get("r0")
+    with pytest.raises(APIError):
+        s.history("r0")
+    assert s.get("r2") == {"id": "r2"} and len(s.bodies) == len(s.turns) == 2

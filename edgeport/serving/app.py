@@ -180,6 +180,14 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                               lambda: responses.whole(engine, req, chat, gen, source, store, calls),
                               lambda: responses.stream(engine, req, chat, gen, source, store, calls))
 
+    @app.get("/v1/responses/{rid}")
+    async def stored(rid: str):
+        return store.get(rid)
+
+    @app.delete("/v1/responses/{rid}")
+    async def forget(rid: str):
+        return store.delete(rid)
+
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         _check_model(req.model, settings)

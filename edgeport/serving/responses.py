@@ -25,24 +25,41 @@ KEPT = 256  # responses kept for previous_response_id (oldest dropped first)
 
 
 class Store:
-    """Finished responses' conversations, in memory and bounded, for `previous_response_id`."""
+    """Finished responses (`store`: true, OpenAI's default) and their conversations, in memory and
+    bounded: for `previous_response_id`, and GET / DELETE /v1/responses/{id}."""
 
     def __init__(self, size: int = KEPT):
         self.size, self.turns = size, OrderedDict[str, list[dict]]()
+        self.bodies: dict[str, dict] = {}
 
     def history(self, rid: str | None) -> list[dict]:
         if rid is None:
             return []
         if rid not in self.turns:
-            raise APIError(404, f"previous_response_id {rid!r} is not known here (this server keeps the last "
-                                f"{self.size} responses, in memory)", param="previous_response_id",
-                           code="previous_response_not_found")
+            raise self._unknown(rid, "previous_response_id")
         return self.turns[rid]
 
-    def keep(self, rid: str, turns: list[dict]) -> None:
-        self.turns[rid] = turns
+    def get(self, rid: str) -> dict:
+        if rid not in self.bodies:
+            raise self._unknown(rid, None)
+        return self.bodies[rid]
+
+    def delete(self, rid: str) -> dict:
+        self.get(rid)
+        del self.turns[rid], self.bodies[rid]
+        return {"id": rid, "object": "response", "deleted": True}
+
+    def _unknown(self, rid: str, param: str | None) -> APIError:
+        what = f"{param} {rid!r}" if param else f"response {rid!r}"
+        return APIError(404, f"{what} is not known here (this server keeps the last {self.size} stored "
+                             "responses, in memory)", param=param,
+                        code="previous_response_not_found" if param else "response_not_found")
+
+    def keep(self, rid: str, turns: list[dict], body: dict) -> None:
+        self.turns[rid], self.bodies[rid] = turns, body
         while len(self.turns) > self.size:
-            self.turns.popitem(last=False)
+            old, _ = self.turns.popitem(last=False)
+            self.bodies.pop(old, None)
 
 
 def _id(prefix: str) -> str:
@@ -191,9 +208,10 @@ async def run(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Gen
     for e in items.close():
         yield e
     status = "incomplete" if finish == "length" else "completed"
+    body = _body(rid, req, items.items, status, gen, n, out.malformed)
     if req.store:
-        store.keep(rid, _turns_of(req, chat, items.items))
-    yield items.event(f"response.{status}", response=_body(rid, req, items.items, status, gen, n, out.malformed))
+        store.keep(rid, _turns_of(req, chat, items.items), body)
+    yield items.event(f"response.{status}", response=body)
 
 
 async def whole(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
