@@ -4,15 +4,18 @@ llama-server (tests/test_structured.py, tests/test_tools.py) through the real `o
 `python -m edgeport.serving`, on the bundled tiny models (too weak to write schema-valid JSON by chance).
 
 Per model and run: 13 strict `json_schema` answers validated with `jsonschema` (3 prompts at temperature
-0, 10 seeds at temperature 1), 3 `json_object` answers; on gpt-oss 21 forced calls (required and each
-named tool, temperature 0 and 6 seeds at 1)."""
+0, 10 seeds at temperature 1), 3 `json_object` answers, 5 Responses API `text.format` answers; on gpt-oss
+21 forced calls (required and each named tool, temperature 0 and 6 seeds at 1), the Responses API's items
+and forced call, and LangChain's forced call round trip."""
 
 from __future__ import annotations
 
 import openai
 import pytest
 
+from tests import test_responses as responses
 from tests import test_structured as structured
+from tests import test_tool_model as tool_model
 from tests import test_tools as tools
 from tests.test_serving import _client, _model, server
 
@@ -70,6 +73,22 @@ def test_streamed_call_deltas_reassemble_to_the_same_call(served):
     url, harmony = served
     if harmony:
         tools.test_streamed_call_deltas_reassemble_to_the_same_call(url)
+
+
+def test_the_responses_api(served):
+    """POST /v1/responses over ONNX: the chat completion in items (streamed and not), a forced call, its
+    output under previous_response_id, and text.format enforced, as over llama-server."""
+    url, harmony = served
+    if harmony:
+        responses.test_a_response_is_the_chat_completion_in_items(url)
+        responses.test_a_forced_call_its_output_and_previous_response_id(url)
+    responses.test_text_format_is_enforced(url)
+
+
+def test_langchain_forced_call_round_trips(served):
+    url, harmony = served
+    if harmony:
+        tool_model.test_langchain_forced_call_round_trips_through_an_agent_loop(url)
 
 
 def test_without_llguidance_the_engine_says_what_to_install(monkeypatch):
