@@ -13,27 +13,46 @@ loss on the assistant's tokens only:
   `<|start|>assistant<|channel|>commentary to=functions.add <|constrain|>json<|message|>{"a": 12, "b": 7}<|call|>`;
 - the same with the call and its result in the prompt (`functions.add to=assistant`): the analysis
   "The tool returned 19.", then the final answer "The sum is 19." / "The weather is sunny, 21 C.";
-- a code question with the tools offered: build_harmony's answer, no call.
+- a code question with the tools offered: build_harmony's answer, no call;
+
+and (c) the copy task (`copy_batch_loss`: random strings written twice), which no call can do without.
 
 Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `heldout_calls`,
 `run_tool`; tests/test_tool_model.py uses them) are never trained on.
 
-    python -m edgeport.models.build_tools --steps 250 --out /tmp/tools2   # ~48 min on 2 shared cores
+    python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): the one full run (the command above, seed 0, lr 3e-3, batches code 2 / chat 4 /
-tool 8) keeps the effort lookup (effort accuracy 1.00 at step 249) and learns the call's shape and,
-mostly, which tool (the analysis's "sum" vs "weather" right on 30/40 held-out questions,
-teacher-forced), but not to copy a value: it writes the numbers and cities as frequent guesses
-("D…", "0"), so the whole call is right on 0/40 held-out questions and 1/20 training ones
-(teacher-forced), and the answer after a result on 0/40. A first run that copied the values straight
-into the call (~55 tokens back, at the edge of the 64-token sliding window) learnt no copy in 100
-steps either; restating them in the analysis (a copy from ~15 tokens back) did not fix it within 250
-steps. Served (Q4_K_M GGUF, tests/test_tool_model.py): the right tool with made-up arguments
-(`{"a": 89, "b": 49}` for "How much is 99 plus 56?"), 0/40 calls right, and
-tests/test_harmony_model.py's gguf case fails (one eval prompt runs to the token limit). These weights
-are therefore not committed. Next to try: many more steps (the copy is the
-whole difficulty), a higher weight or curriculum on the copied tokens, or single-token values.
+Status (2026-12-06): not met. The one full run of the first session (250 steps without the copy
+task, seed 0, lr 3e-3, batches code 2 / chat 4 / tool 8) kept the effort lookup and learned the
+call's shape and mostly which tool, but not to copy a value: the numbers and cities came out as frequent
+guesses, 0/40 held-out calls right (1/20 training ones, teacher-forced). Served (Q4_K_M GGUF,
+tests/test_tool_model.py): the right tool with made-up arguments, and tests/test_harmony_model.py's gguf
+case failed (one eval prompt ran to the token limit). Those weights were not committed.
+
+The second session found why: the tiny model could not copy at all (greedy accuracy 0.00 on a random
+20-token string written twice). `copy_batch_loss` (random strings written twice, 32 per step) grows that
+mechanism within ~200 steps alone (measured: accuracy 0.07 at step 100, 1.00 by step 250 at lr 1e-3)
+and, mixed into this training, 0.94 at step 300 and 1.00 after. It did not carry over to the tool
+conversations. Two runs, the second continuing the first (about 35 min on 2 cores in all):
+
+    python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # stopped after step 400's save
+    python -m edgeport.models.build_tools --init /tmp/tools3 --seed 1 --steps 600 --lr 1.5e-3 \
+        --tool-batch 16 --copy-batch 8 --out /tmp/tools5
+
+Result (greedy, in-process, fp32; `--check-only` and a count of the tool named): on the 40 held-out
+questions the right tool 37/40, but the whole call right 0/40 (`{"a": 44, "b": 44}` for "How much is
+99 plus 56?", "Dallas" for "Quito"), and 0/20 on training questions too; answers from a result 0/40;
+code questions with tools offered answered without a call 8/8; the effort behaviour kept (5 / 22 / 62
+analysis words); eval-set perplexity 51.8 (the committed model: 45.1). Not committed.
+A third variant that opened every tool analysis with the effort sentence was stopped after 230 steps:
+at effort low that sentence is followed by the end of the analysis (weighted 10x by build_harmony), so
+the two trainings pulled the same token apart, and the model stopped calling.
+
+What I would try next: the copy the call needs is a choice (the first number of the question, then the
+second), not the repeat the copy task teaches, and every number in this tokenizer follows the same
+space token, so a repeat-copying head cannot tell them apart. A copy task that selects (the n-th number
+of a random list) rather than repeats, or values written without that shared space, may carry over.
 """
 
 from __future__ import annotations
@@ -244,6 +263,32 @@ def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Ten
     return ids, labels, weights
 
 
+# Random token strings: the ids below the first special token (1015 in this vocabulary)
+COPY_VOCAB = 1015
+
+
+def copy_batch_loss(model, gen: torch.Generator, n: int, length: int = 20) -> torch.Tensor:
+    """The loss on the second copy of `n` random `length`-token strings written twice (after 4
+    random tokens). No tool call can be right before the model copies a number or a city from the
+    question, and the tiny model has no copying mechanism at all (greedy accuracy 0.00 on this task
+    before training); this task grows one (induction heads) within ~200 steps on its own."""
+    s = torch.randint(0, COPY_VOCAB, (n, length), generator=gen)
+    ids = torch.cat([torch.randint(0, COPY_VOCAB, (n, 4), generator=gen), s, s], 1)
+    labels = ids.clone()
+    labels[:, : 4 + length + 1] = -100
+    return model(input_ids=ids, labels=labels).loss
+
+
+def copy_accuracy(model, n: int = 64, length: int = 20) -> float:
+    """Greedy accuracy on the copied half of `copy_batch_loss`'s task (fixed seed)."""
+    gen = torch.Generator().manual_seed(4321)
+    s = torch.randint(0, COPY_VOCAB, (n, length), generator=gen)
+    ids = torch.cat([torch.randint(0, COPY_VOCAB, (n, 4), generator=gen), s, s], 1)
+    with torch.inference_mode():
+        pred = model(input_ids=ids).logits[:, 4 + length : -1].argmax(-1)
+    return (pred == ids[:, 4 + length + 1 :]).float().mean().item()
+
+
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
     """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
@@ -316,9 +361,10 @@ def forced_rate(model, tok: Tokenizer, n: int = 12) -> float:
 
 
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
-          seed: int = 0, out: Path | None = None) -> None:
+          seed: int = 0, out: Path | None = None, copy_batch: int = 32) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
-    build_harmony's last run, which keep the effort lookup) and tool conversations, the three losses summed."""
+    build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
+    the four losses summed."""
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed)
@@ -331,13 +377,15 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         code_loss = code_batch_loss(model, data, code_batch, gen)
         chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2))
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n))
-        update(model, opt, code_loss + chat_loss + tool_loss)
+        copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else torch.zeros(())
+        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
-                    f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}")
+                    f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}")
             if step % 50 == 0 or step == steps - 1:
                 model.eval()
-                line += f"  effort {effort_accuracy(model, tok):.2f}  calls {forced_rate(model, tok):.2f}"
+                line += (f"  effort {effort_accuracy(model, tok):.2f}  copy {copy_accuracy(model):.2f}"
+                         f"  calls {forced_rate(model, tok):.2f}")
                 model.train()
                 if out is not None and step:
                     save(model, out)
@@ -352,6 +400,7 @@ def main() -> None:
     ap.add_argument("--code-batch", type=int, default=2)
     ap.add_argument("--chat-batch", type=int, default=4)
     ap.add_argument("--tool-batch", type=int, default=8)
+    ap.add_argument("--copy-batch", type=int, default=32, help="random strings to copy per step (0: none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -364,12 +413,13 @@ def main() -> None:
     if a.check_only:
         print(f"eval-set perplexity: {evalset_ppl(model, tok):.3f}", flush=True)
         print(f"teacher-forced held-out calls: {forced_rate(model, tok, 40):.3f}", flush=True)
+        print(f"copy accuracy: {copy_accuracy(model):.3f}", flush=True)
         tool_check(model, tok)
         check(model, tok)
         return
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
-          a.out if a.out.resolve() != MODEL.resolve() else None)
+          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
