@@ -157,6 +157,9 @@ def test_a_template_without_tools_refuses_them(exported):
         c = _client(url)
         err = _refused(c, _model(c), tools=TOOLS)
         assert err["code"] == "unsupported_tools" and "does not declare them" in err["message"]
+        # tools offered with tool_choice none are not shown to the model: nothing to refuse
+        r = c.chat.completions.create(model=_model(c), messages=HAIKU, tools=TOOLS, tool_choice="none", max_tokens=4)
+        assert r.choices[0].finish_reason in ("stop", "length")
 
 
 def _scripted(text: str):

@@ -112,7 +112,6 @@ class TemplateCallStream:
         self.fmt, self.names = fmt, names
         self.held: str | None = None  # None: not decided yet; "" or more: holding a possible call
         self.decided = False
-        self.made_call = False
 
     def feed(self, text: str) -> Delta:
         if self.decided:
@@ -133,5 +132,4 @@ class TemplateCallStream:
         call = parse_call(self.fmt, text, self.names)
         if call is None:
             return Delta(content=text)
-        self.made_call = True
         return Delta(calls=[CallDelta(0, call[0], call[1])])

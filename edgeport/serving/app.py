@@ -224,7 +224,7 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
     elif not info.chat_template:
         raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
     else:
-        with_tools = bool(req.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
+        with_tools = bool(offered) or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
         if with_tools and (fmt := call_format(info.chat_template)) is None:
             what = "declares them in a format edgeport does not read" if declares_tools(info.chat_template) \
                 else "does not declare them"
