@@ -45,7 +45,15 @@ questions the right tool 37/40, but the whole call right 0/40 (`{"a": 44, "b": 4
 99 plus 56?", "Dallas" for "Quito"), and 0/20 on training questions too; answers from a result 0/40;
 code questions with tools offered answered without a call 8/8; the effort behaviour kept (5 / 22 / 62
 analysis words); eval-set perplexity 51.8 (the committed model: 45.1). Not committed.
-A third variant that opened every tool analysis with the effort sentence was stopped after 230 steps:
+A third run added short calls (`--short-batch`: the user turn alone, random filler words around the
+values, made-up cities), 48 per step, so a step holds many more copies for the same compute:
+
+    python -m edgeport.models.build_tools --init /tmp/tools5 --seed 2 --steps 500 --lr 1e-3 \
+        --tool-batch 8 --copy-batch 8 --short-batch 48 --out /tmp/tools6   # 17 min
+
+It moved a little (digits of the question begin to appear in the call) but not enough: held out, the
+right tool 35/40 and the whole call 0/40; training questions 3/20; short questions 4/20. Not committed.
+A variant that opened every tool analysis with the effort sentence was stopped after 230 steps:
 at effort low that sentence is followed by the end of the analysis (weighted 10x by build_harmony), so
 the two trainings pulled the same token apart, and the model stopped calling.
 
@@ -289,6 +297,50 @@ def copy_accuracy(model, n: int = 64, length: int = 20) -> float:
     return (pred == ids[:, 4 + length + 1 :]).float().mean().item()
 
 
+FILLER = ["please", "can", "you", "tell", "me", "what", "is", "the", "now", "quick", "question", "hey", "so",
+          "I", "want", "to", "know", "today", "right", "just", "ok", "thanks", "about", "then"]
+SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "bu", "sa", "vel", "or", "ni", "po", "dan", "ge", "shi", "mar", "tu"]
+
+
+def short_question(rng: random.Random, held: set) -> tuple[str, str, dict]:
+    """A sum or weather question in random filler words around its values (any number pair not held
+    out, a training city or a made-up one): (question, tool, arguments). Many, short and varied, so
+    the only thing they share is where the values are."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(0, 5))]
+    if rng.random() < 0.5:
+        while (a := rng.choice(NUMBERS), b := rng.choice(NUMBERS)) in held:
+            pass
+        op = rng.choice(["plus", "and", "+", "add", "sum"])
+        mid = [str(a), op, str(b)]
+        name, args = "add", {"a": a, "b": b}
+    else:
+        city = rng.choice(CITIES) if rng.random() < 0.5 else \
+            "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        mid = [rng.choice(["weather", "forecast", "rain", "sunny"]), rng.choice(["in", "for", "at"]), city]
+        name, args = "get_weather", {"city": city}
+    cut = rng.randint(0, len(words))
+    q = " ".join([*words[:cut], *mid, *words[cut:]])
+    return q[0].upper() + q[1:] + rng.choice(["?", ".", "", "!"]), name, args
+
+
+def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int) -> tuple[torch.Tensor, ...]:
+    """n short calls: the user turn alone (as render_harmony_own ends a prompt), then the call. No
+    system or developer message, so a step holds many more copies of a value for the same compute."""
+    pad = tok.token_to_id("<|endoftext|>")
+    rows = []
+    for _ in range(n):
+        q, name, args = short_question(rng, held)
+        pi = tok.encode(f"<|start|>user<|message|>{q}<|end|><|start|>assistant").ids
+        c = call_text(name, args)
+        enc = tok.encode(c)
+        w = _weights(c, enc.offsets, [str(v) for v in args.values()])
+        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
+    width = max(len(r[0]) for r in rows)
+    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
+            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+
+
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
     """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
@@ -361,7 +413,7 @@ def forced_rate(model, tok: Tokenizer, n: int = 12) -> float:
 
 
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
-          seed: int = 0, out: Path | None = None, copy_batch: int = 32) -> None:
+          seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
     the four losses summed."""
@@ -369,6 +421,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     conv = Conversations(seed=seed)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed)
     data = code_stream(tok)
+    srng = random.Random(seed + 2000)
     opt = optimizer(model, lr)
     model.train()
     start = time.time()
@@ -378,6 +431,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2))
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n))
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else torch.zeros(())
+        if short_batch_n:
+            copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
@@ -401,6 +456,7 @@ def main() -> None:
     ap.add_argument("--chat-batch", type=int, default=4)
     ap.add_argument("--tool-batch", type=int, default=8)
     ap.add_argument("--copy-batch", type=int, default=32, help="random strings to copy per step (0: none)")
+    ap.add_argument("--short-batch", type=int, default=0, help="short calls (the user turn alone) per step")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -419,7 +475,7 @@ def main() -> None:
         return
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
-          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch)
+          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
