@@ -42,7 +42,7 @@ def test_a_response_is_the_chat_completion_in_items(served):
         deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
         final = s.get_final_response()
     assert deltas == final.output_text == r.output_text
-    short = c.responses.create(model=model, input="Hello there", max_output_tokens=5)
+    short = c.responses.create(model=model, input="Hello there", max_output_tokens=5, temperature=0)
     assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens"
 
 
