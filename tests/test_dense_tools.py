@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 
 from edgeport.core.template_tools import TemplateCallStream, call_format, parse_call
+from tests import test_tools as tools
 from tests.conftest import ROOT, asgi_server
 from tests.test_serving import _client, _model, server
 from tests.test_tools import HAIKU, SCHEMAS, TOOLS, _refused
@@ -53,24 +54,10 @@ def served(request, tools_llama, tmp_path_factory):
         yield url, path
 
 
-def _valid(call) -> None:
-    assert call.type == "function" and call.id.startswith("call_")
-    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
-
-
 @pytest.mark.parametrize("choice", ["required", "add", "get_weather"])
 def test_a_forced_call_is_always_made_and_valid(served, choice):
-    c = _client(served[0])
-    model = _model(c)
-    tool_choice = choice if choice == "required" else {"type": "function", "function": {"name": choice}}
-    for temperature, seed in [(0, None), *((1, s) for s in range(6))]:
-        r = c.chat.completions.create(model=model, messages=HAIKU, tools=TOOLS, tool_choice=tool_choice,
-                                      max_tokens=200, temperature=temperature, seed=seed)
-        ch = r.choices[0]
-        assert ch.finish_reason == "tool_calls", ch
-        assert len(ch.message.tool_calls) == 1 and not ch.message.content
-        assert ch.message.tool_calls[0].function.name == choice or choice == "required"
-        _valid(ch.message.tool_calls[0])
+    """The harmony tests' own check (temperature 0 and 6 seeds at 1, each call validated)."""
+    tools.test_a_forced_call_is_always_made_and_valid(served[0], choice)
 
 
 def test_streamed_call_is_the_same_call(served):
