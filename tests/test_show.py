@@ -90,3 +90,15 @@ def test_show_states_what_the_server_supports(exported, case):
     harmony = manifest["model"]["chat_format"] == "harmony"
     for feature, how in features("onnxruntime", harmony, None).items():  # the tiny Llama's template: no tools
         assert feature in r.stdout and how in r.stdout, r.stdout[-1500:]
+
+
+def test_show_states_tools_by_the_artifacts_chat_template():
+    """A dense artifact whose template declares Llama 3.1 JSON calls serves tools; one whose template
+    declares none is refused them (the same words the server's 400 uses)."""
+    template = (ROOT / "tests" / "templates" / "llama3-tools.jinja").read_text()
+    shown = _text(serving_support({"runtime": {"name": "llama.cpp"},
+                                   "model": {"chat_format": "template", "chat_template": template}}))
+    assert "yes (llama3_json calls, as its chat template declares)" in shown, shown
+    plain = _text(serving_support({"runtime": {"name": "llama.cpp"},
+                                   "model": {"chat_format": "template", "chat_template": "{{ messages }}"}}))
+    assert "its chat template declares no tools edgeport reads" in plain, plain
