@@ -59,8 +59,14 @@ the two trainings pulled the same token apart, and the model stopped calling.
 
 What I would try next: the copy the call needs is a choice (the first number of the question, then the
 second), not the repeat the copy task teaches, and every number in this tokenizer follows the same
-space token, so a repeat-copying head cannot tell them apart. A copy task that selects (the n-th number
-of a random list) rather than repeats, or values written without that shared space, may carry over.
+space token, so a repeat-copying head cannot tell them apart. A task that selects can be learned:
+measured once by a throwaway script (the committed model, lr 1e-3, batch 32, the copy task alone for
+150 steps, then with it short selection rows: `<|start|>user<|message|>{1-6 FILLER words around "a
+plus|and|+ b"}<|end|><|start|>assistant<|channel|>analysis<|message|>The user wants the sum of` and
+the target ` {a} and {b},`, a and b in 0-99), the greedy target whole and right on 64 fresh rows rose
+to 0.22 after 250 selection steps, 0.61 after 650, 0.81 after 1050, and 0.72-0.86 from then to 1450
+(14 min on 2 cores). The mixed runs above gave the selection a few rows per step; dedicated rows,
+then the tool conversations, are the next run to try.
 """
 
 from __future__ import annotations
