@@ -64,7 +64,7 @@ measured once by a throwaway script (the committed model, lr 1e-3, batch 32, the
 150 steps, then with it short selection rows: `<|start|>user<|message|>{1-6 FILLER words around "a
 plus|and|+ b"}<|end|><|start|>assistant<|channel|>analysis<|message|>The user wants the sum of` and
 the target ` {a} and {b},`, a and b in 0-99), the greedy target whole and right on 64 fresh rows rose
-to 0.22 after 250 selection steps, 0.61 after 650, 0.81 after 1050, and 0.72-0.86 from then to 1450
+to 0.22 after 250 selection steps, 0.61 after 650, 0.81 after 1050, and 0.67-0.86 from then to 1450
 (14 min on 2 cores). The mixed runs above gave the selection a few rows per step; dedicated rows,
 then the tool conversations, are the next run to try.
 """
