@@ -32,6 +32,9 @@ FORMATS = (
 )
 
 
+FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
+
+
 def declares_tools(template: str | None) -> bool:
     """Whether the Jinja template reads a `tools` variable (the Hugging Face convention)."""
     if not template:
@@ -47,6 +50,13 @@ def call_format(template: str | None) -> CallFormat | None:
     if not declares_tools(template):
         return None
     return next((f for f in FORMATS if any(m in template for m in f.markers)), None)
+
+
+def why_no_tools(template: str | None) -> str:
+    """What the server's 400 and `edgeport chat` say of a template `call_format` found no format in."""
+    what = "declares them in a format edgeport does not read" if declares_tools(template) else "does not declare them"
+    return (f"this model's chat template {what}; tools are served for gpt-oss (harmony) and templates with "
+            f"{FORMAT_NAMES} calls")
 
 
 def template_messages(messages: list[dict]) -> list[dict]:
@@ -110,23 +120,23 @@ class TemplateCallStream:
 
     def __init__(self, fmt: CallFormat, names: set[str]):
         self.fmt, self.names = fmt, names
-        self.held: str | None = None  # None: not decided yet; "" or more: holding a possible call
-        self.decided = False
+        self.held = ""  # the message so far, while it may still be a call
+        self.decided = False  # it is not a call: text streams on as content
 
     def feed(self, text: str) -> Delta:
         if self.decided:
             return Delta(content=text)
-        self.held = (self.held or "") + text
+        self.held += text
         lead = self.held.lstrip()
         if not lead:
             return Delta()
         if lead.startswith("{") or any(p.startswith(lead[: len(p)]) for p in self.fmt.prefixes):
             return Delta()  # may be a call: wait for the end
-        self.decided, out, self.held = True, self.held, None
+        self.decided, out, self.held = True, self.held, ""
         return Delta(content=out)
 
     def finish(self) -> Delta:
-        text, self.held = self.held or "", None
+        text, self.held = self.held, ""
         if self.decided or not text:
             return Delta(content=text)
         call = parse_call(self.fmt, text, self.names)

@@ -27,13 +27,12 @@ from edgeport.core.chat import render_template
 from edgeport.core.harmony import STOP as HARMONY_STOP
 from edgeport.core.harmony import render_harmony
 from edgeport.core.template_tools import (
-    FORMATS,
     TemplateCallStream,
     call_format,
-    declares_tools,
     forced_schema,
     template_messages,
     template_tools,
+    why_no_tools,
 )
 
 from . import responses
@@ -226,11 +225,8 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
     else:
         with_tools = bool(offered) or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
         if with_tools and (fmt := call_format(info.chat_template)) is None:
-            what = "declares them in a format edgeport does not read" if declares_tools(info.chat_template) \
-                else "does not declare them"
-            raise APIError(400, f"tools: this model's chat template {what}; tools are served for gpt-oss "
-                                f"(harmony) and templates with {' or '.join(f.name for f in FORMATS)} calls",
-                           param="tools", code="unsupported_tools")
+            raise APIError(400, f"tools: {why_no_tools(info.chat_template)}", param="tools",
+                           code="unsupported_tools")
         text = render_template(info.chat_template, template_messages(msgs) if fmt else msgs,
                                bos_token=info.bos_token, eos_token=info.eos_token, effort=req.reasoning_effort,
                                tools=template_tools(offered) if fmt else None)

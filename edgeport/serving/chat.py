@@ -20,12 +20,11 @@ from edgeport.core.chat import render_template
 from edgeport.core.errors import EdgeportError
 from edgeport.core.harmony import HarmonyStream, normalize_effort, render_harmony
 from edgeport.core.template_tools import (
-    FORMATS,
     TemplateCallStream,
     call_format,
-    declares_tools,
     template_messages,
     template_tools,
+    why_no_tools,
 )
 
 from .protocol import Tool
@@ -147,10 +146,7 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
         harmony = rt.info.chat_format == "harmony"
         fmt = call_format(rt.info.chat_template) if tools and not harmony else None
         if tools and not harmony and fmt is None:
-            what = "declares them in a format edgeport does not read" if declares_tools(rt.info.chat_template) \
-                else "does not declare them"
-            raise ChatError(f"--tools: this model's chat template {what} (gpt-oss and templates with "
-                            f"{', '.join(f.name for f in FORMATS)} calls take tools)")
+            raise ChatError(f"--tools: {why_no_tools(rt.info.chat_template)}")
         shown = f"; tools: {', '.join(t['name'] for t in tools)}" if tools else ""
         print(f"chatting with {artifact} ({rt.name}){shown}; {HELP}", file=out, flush=True)
         history: list[dict] = []

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeport.core.template_tools import FORMATS
-
-FORMAT_NAMES = [f.name for f in FORMATS]
+from edgeport.core.template_tools import FORMAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def features(runtime: str, harmony: bool, calls: str | None = ANY_TEMPLATE) -> d
     if harmony:
         tools, forced = "yes", enforced
     elif calls == ANY_TEMPLATE:
-        tools = f"where the chat template declares them ({', '.join(FORMAT_NAMES)}); else 400 unsupported_tools"
+        tools = f"where the chat template declares them ({FORMAT_NAMES}); else 400 unsupported_tools"
         forced = f"{enforced}, where the template declares tools"
     elif calls is None:
         tools = forced = "400 unsupported_tools (its chat template declares no tools edgeport reads)"
