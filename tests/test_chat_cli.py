@@ -117,8 +117,10 @@ def test_a_dense_models_call_is_shown_when_its_message_ends():
     from edgeport.core.template_tools import FORMATS, TemplateCallStream
     from edgeport.serving.chat import Reply
 
+    LLAMA3 = next(f for f in FORMATS if f.name == "llama3_json")
+
     out = io.StringIO()
-    reply = Reply(out, harmony=False, calls=TemplateCallStream(FORMATS[0], {"get_weather"}))
+    reply = Reply(out, harmony=False, calls=TemplateCallStream(LLAMA3, {"get_weather"}))
     for piece in ('{"name": "get_', 'weather", "parameters": ', '{"city": "Paris"}}'):
         reply.feed(piece)
         assert out.getvalue() == ""
@@ -126,7 +128,7 @@ def test_a_dense_models_call_is_shown_when_its_message_ends():
     assert out.getvalue() == 'call: get_weather {"city": "Paris"}\n'
     assert reply.calls == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
     out = io.StringIO()
-    reply = Reply(out, harmony=False, calls=TemplateCallStream(FORMATS[0], {"get_weather"}))
+    reply = Reply(out, harmony=False, calls=TemplateCallStream(LLAMA3, {"get_weather"}))
     reply.feed("It is ")
     assert out.getvalue() == "assistant: It is "
     reply.feed("sunny.")

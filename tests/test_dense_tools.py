@@ -1,11 +1,13 @@
-"""Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls:
-edgeport/core/template_tools.py), through the real `openai` client and LangChain against
-`python -m edgeport.serving` over llama-server (GGUF) and the in-process ONNX runtime.
+"""Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls and the
+Hermes / Qwen `<tool_call>` blocks: edgeport/core/template_tools.py), through the real `openai` client
+and LangChain against `python -m edgeport.serving` over llama-server (GGUF) and the in-process ONNX
+runtime.
 
-The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja as its chat template (Meta's
-format, cut down). It was never taught to call tools, so a call it makes under `tool_choice` required
+The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja (Meta's format, cut down) or
+tests/templates/hermes-tools.jinja (Qwen 2.5's, with the Llama's turn tokens) as its chat template. It
+was never taught to call tools, so a call it makes under `tool_choice` required
 or named is the constraint's doing; what it writes on its own under `auto` is read by the same parser,
-tested here on a scripted engine. Per engine: 21 forced calls (required and each tool, temperature 0
+tested here on a scripted engine. Per engine and template: 21 forced calls (required and each tool, temperature 0
 and 6 seeds at 1), each validated against its tool's schema with `jsonschema`."""
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from tests.conftest import ROOT, asgi_server
 from tests.test_serving import _client, _model, server
 from tests.test_tools import HAIKU, SCHEMAS, TOOLS, _refused
 
-TEMPLATE = ROOT / "tests" / "templates" / "llama3-tools.jinja"
-LLAMA3 = call_format(TEMPLATE.read_text())
+TEMPLATES = {name: ROOT / "tests" / "templates" / f"{name}-tools.jinja" for name in ("llama3", "hermes")}
+LLAMA3 = call_format(TEMPLATES["llama3"].read_text())
+HERMES = call_format(TEMPLATES["hermes"].read_text())
 ROUND_TRIP = [{"role": "user", "content": "Weather in Paris?"},
               {"role": "assistant", "content": None,
                "tool_calls": [{"id": "call_1", "type": "function",
@@ -31,16 +34,16 @@ ROUND_TRIP = [{"role": "user", "content": "Weather in Paris?"},
               {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'}]
 
 
-@pytest.fixture(scope="module")
-def tools_llama(tmp_path_factory):
-    """The tiny Llama with a template that declares tools."""
+@pytest.fixture(scope="module", params=list(TEMPLATES))
+def tools_llama(request, tmp_path_factory):
+    """(The tiny Llama with a template that declares tools, the template's name)."""
     out = tmp_path_factory.mktemp("tools-llama") / "tiny-llama-tools"
     shutil.copytree(ROOT / "edgeport" / "models" / "tiny-llama", out)
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg))
-    shutil.copy(TEMPLATE, out / "chat_template.jinja")
-    return out
+    shutil.copy(TEMPLATES[request.param], out / "chat_template.jinja")
+    return out, request.param
 
 
 @pytest.fixture(scope="module", params=["cpu", pytest.param("onnx", marks=pytest.mark.toolenv)],
@@ -48,10 +51,11 @@ def tools_llama(tmp_path_factory):
 def served(request, tools_llama, tmp_path_factory):
     from edgeport.export.pipeline import export
 
+    model, template = tools_llama
     path = tmp_path_factory.mktemp("dense-tools") / request.param
-    export(str(tools_llama), request.param, path)
+    export(str(model), request.param, path)
     with server(path, "--ctx", "1024") as url:
-        yield url, path
+        yield url, path, template
 
 
 @pytest.mark.parametrize("choice", ["required", "add", "get_weather"])
@@ -81,24 +85,31 @@ def test_streamed_call_is_the_same_call(served):
 
 def test_tools_and_a_result_are_rendered_by_the_template(served):
     """The prompt the server generated from is the template's own rendering of the tools and of the
-    call and its result (ipython turn): its token count equals the tokenizer's count of that text."""
+    call and its result (an ipython turn, a <tool_response> block): its token count equals the
+    tokenizer's count of that text."""
     from tokenizers import Tokenizer
 
     from edgeport.core.chat import render_template
     from edgeport.core.template_tools import template_messages, template_tools
     from edgeport.serving.protocol import ChatRequest
 
-    url = served[0]
+    url, _, template = served
     c = _client(url)
     model = _model(c)
     tok = Tokenizer.from_file(str(ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer.json"))
     req = ChatRequest(model=model, messages=ROUND_TRIP, tools=TOOLS)
     cfg = json.loads((ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer_config.json").read_text())
-    text = render_template(TEMPLATE.read_text(), template_messages(req.conversation()),
+    text = render_template(TEMPLATES[template].read_text(), template_messages(req.conversation()),
                            bos_token=cfg.get("bos_token") or "", tools=template_tools(req.tool_plan()[0]))
-    assert '"name": "get_weather"' in text and "ipython" in text and '"parameters": {"city": "Paris"}' in text
+    result, key = {"llama3": ("ipython", "parameters"), "hermes": ("<tool_response>", "arguments")}[template]
+    assert '"name": "get_weather"' in text and result in text and f'"{key}": {{"city": "Paris"}}' in text
     r = c.chat.completions.create(model=model, messages=ROUND_TRIP, tools=TOOLS, max_tokens=8, temperature=0)
     assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False).ids)
+    # a forced call continues the format's opening (Hermes: "<tool_call>\n"), written into the prompt
+    forced = c.chat.completions.create(model=model, messages=ROUND_TRIP, tools=TOOLS, tool_choice="required",
+                                       max_tokens=200, temperature=0)
+    prefix = call_format(TEMPLATES[template].read_text()).forced_prefix
+    assert forced.usage.prompt_tokens == len(tok.encode(text + prefix, add_special_tokens=False).ids)
     plain = c.chat.completions.create(model=model, messages=ROUND_TRIP[:1], max_tokens=8, temperature=0)
     assert plain.usage.prompt_tokens < r.usage.prompt_tokens  # without tools: no tool definitions
 
@@ -149,8 +160,8 @@ def test_a_template_without_tools_refuses_them(exported):
         assert r.choices[0].finish_reason in ("stop", "length")
 
 
-def _scripted(text: str):
-    """An engine that writes `text` a few characters at a time, for the tools template's model."""
+def _scripted(text: str, template: str):
+    """An engine that writes `text` a few characters at a time, for a tools template's model."""
     from edgeport.runtimes.base import ModelInfo
     from edgeport.serving.engines import Engine, Piece
 
@@ -165,37 +176,52 @@ def _scripted(text: str):
                 yield Piece(text[i:i + 3])
             yield Piece("", "stop", len(text) // 3)
 
-    return Scripted(ModelInfo(architecture="llama", chat_format="template", chat_template=TEMPLATE.read_text()),
-                    n_ctx=4096, slots=1)
+    return Scripted(ModelInfo(architecture="llama", chat_format="template",
+                              chat_template=TEMPLATES[template].read_text()), n_ctx=4096, slots=1)
 
 
-@pytest.mark.parametrize("said,call", [
-    ('{"name": "get_weather", "parameters": {"city": "Paris"}}', ("get_weather", {"city": "Paris"})),
-    ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}', ("add", {"a": 1, "b": 2})),
-    ('{"name": "nope", "parameters": {}}', None),  # not an offered tool: the text it is
-    ('{"a": 1}', None),
-    ("It is sunny.", None),
-])
-def test_a_call_the_model_makes_on_its_own_is_read_streamed_or_not(said, call):
+def _block(name: str, args: dict) -> str:
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
+
+
+PARIS, SUM = ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})
+
+
+@pytest.mark.parametrize("template,said,content,calls", [
+    ("llama3", '{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [PARIS]),
+    ("llama3", '<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}', "", [SUM]),
+    ("llama3", '{"name": "nope", "parameters": {}}', None, []),  # not an offered tool: the text it is
+    ("llama3", '{"a": 1}', None, []),
+    ("llama3", "It is sunny.", None, []),
+    ("hermes", _block(*PARIS), "", [PARIS]),
+    ("hermes", f"Let me look.\n{_block(*PARIS)}\n{_block(*SUM)}", "Let me look.", [PARIS, SUM]),  # parallel
+    ("hermes", f"{_block(*SUM)}\n{_block('nope', {})}", None, []),  # one unknown: all of it is text
+    ("hermes", "<tool_call>\n{not json}\n</tool_call>", None, []),
+    ("hermes", "Use <tool_ca", None, []),
+    ("hermes", "It is sunny.", None, []),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 12 else None)
+def test_a_call_the_model_makes_on_its_own_is_read_streamed_or_not(template, said, content, calls):
+    """`content` None: the message is all text (as written; around calls, whitespace aside)."""
     from edgeport.serving.app import Settings, create_app
 
-    with asgi_server(create_app(_scripted(said), Settings("m", 1, 0))) as url:
+    content = said if content is None else content
+    with asgi_server(create_app(_scripted(said, template), Settings("m", 1, 0))) as url:
         c = _client(url)
         m = c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS).choices[0]
-        content, args, name, finish = "", "", None, None
+        got = [(t.function.name, json.loads(t.function.arguments)) for t in m.message.tool_calls or []]
+        assert ((m.message.content or "").strip(), got) == (content.strip(), calls)
+        assert m.finish_reason == ("tool_calls" if calls else "stop")
+        text, streamed, finish, ids = "", {}, None, set()
         for ch in c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS, stream=True):
             for choice in ch.choices:
-                content += choice.delta.content or ""
+                text += choice.delta.content or ""
                 for d in choice.delta.tool_calls or []:
-                    name, args = d.function.name or name, args + (d.function.arguments or "")
+                    name, args = streamed.get(d.index, (None, ""))
+                    streamed[d.index] = (d.function.name or name, args + (d.function.arguments or ""))
+                    ids |= {d.id} if d.id else set()
                 finish = choice.finish_reason or finish
-        if call is None:
-            assert (m.finish_reason, m.message.content, m.message.tool_calls) == ("stop", said, None)
-            assert (finish, content, name) == ("stop", said, None)
-        else:
-            got = m.message.tool_calls[0].function
-            assert m.finish_reason == "tool_calls" and (got.name, json.loads(got.arguments)) == call
-            assert (finish, name, json.loads(args), content) == ("tool_calls", call[0], call[1], "")
+        assert [(n, json.loads(a)) for _, (n, a) in sorted(streamed.items())] == calls and len(ids) == len(calls)
+        assert (text.strip(), finish) == (content.strip(), "tool_calls" if calls else "stop")
 
 
 def test_text_streams_at_once_and_a_possible_call_waits_for_its_end():
@@ -211,11 +237,26 @@ def test_text_streams_at_once_and_a_possible_call_waits_for_its_end():
     assert parse_call(LLAMA3, '{"name": "add", "parameters": {}, "x": 1}', {"add"}) is None
 
 
+def test_a_hermes_block_streams_text_until_it_opens_and_a_forced_one_is_continued():
+    s = TemplateCallStream(HERMES, {"add"})
+    assert s.feed("Sure <tool").content == "Sure " and not s.feed("_ca")  # maybe a marker: held
+    assert s.feed("ll>\n").content == "" and not s.feed('{"name": "add", "arguments": {"a": 1}}\n</tool_call>')
+    d = s.finish()
+    assert [(c.index, c.name, json.loads(c.arguments)) for c in d.calls] == [(0, "add", {"a": 1})] and not d.content
+    s = TemplateCallStream(HERMES, {"add"})
+    assert s.feed("a <b>").content == "a <b>" and s.finish().content == ""
+    # forced: the prompt ended with "<tool_call>\n"; the model writes the JSON and stops (no closing marker)
+    s = TemplateCallStream(HERMES, {"add"}, forced=True)
+    assert not s.feed('{"name": "add", "arguments": {"a": 2}}')
+    assert [(c.name, json.loads(c.arguments)) for c in s.finish().calls] == [("add", {"a": 2})]
+
+
 def test_only_known_call_formats_are_rendered_with_tools():
-    hermes = "{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>{{ messages[0].content }}"
-    assert call_format(hermes) is None  # declares tools, in a format the front does not read
+    mistral = "{% for t in tools %}{{ t | tojson }}{% endfor %}[TOOL_CALLS]{{ messages[0].content }}"
+    assert call_format(mistral) is None  # declares tools, in a format the front does not read
     assert call_format((ROOT / "edgeport" / "models" / "tiny-llama" / "chat_template.jinja").read_text()) is None
     assert LLAMA3 is not None and LLAMA3.name == "llama3_json"
+    assert HERMES is not None and HERMES.name == "hermes" and HERMES.forced_prefix == "<tool_call>\n"
 
 
 def test_the_onnx_engine_ends_an_integer_where_llama_cpp_does():

@@ -69,7 +69,8 @@ def run(c, artifact, prompt, chat=False, reasoning_effort=None, max_new_tokens=6
     "reasoning_effort": "gpt-oss: low|medium|high (or fast|balanced|deep); /effort changes it in the chat",
     "max_new_tokens": "tokens per answer", "temperature": "0 = greedy", "seed": "sampling seed",
     "tools": "a JSON file holding a list of OpenAI tool definitions (gpt-oss, or a model whose chat template "
-             "declares tools in Llama 3.1's JSON format); a call is shown as it comes and its result asked for",
+             "declares tools as Hermes / Qwen <tool_call> blocks or Llama 3.1 JSON); each call is shown as it "
+             "comes and its result asked for",
 })
 @cli
 def chat(c, artifact, reasoning_effort=None, max_new_tokens=256, temperature=0.0, seed=0, tools=None):

@@ -4,15 +4,21 @@ harmony.py). The template renders the tools and the earlier calls and results it
 each known call format is a row of FORMATS: how to recognise the template, how a call reads, and the
 JSON schema that forces one (`tool_choice` required or named, enforced as any `response_format` is).
 
-Llama 3.1-3.3's JSON tool calling (Meta's template, "Environment: ipython"): the assistant's whole
-message is `{"name": "add", "parameters": {"a": 1, "b": 2}}` (sometimes after `<|python_tag|>`), a
-result comes back as an `ipython` turn. A template that declares tools in any other way is refused (a
-400 naming it), never rendered with tools the front cannot read back.
+- `hermes` (Hermes 2 Pro / 3, Qwen 2.5 / 3 and the many templates that copied them): each call is a
+  block `<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>`, any number of
+  them in one message, after text or not; results come back inside `<tool_response>` blocks.
+- `llama3_json` (Llama 3.1-3.3, Meta's template, "Environment: ipython"): the assistant's whole
+  message is `{"name": "add", "parameters": {"a": 1, "b": 2}}` (sometimes after `<|python_tag|>`), a
+  result comes back as an `ipython` turn; one call per message.
+
+A template that declares tools in any other way is refused (a 400 naming it), never rendered with tools
+the front cannot read back.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from .harmony import CallDelta, Delta
@@ -23,10 +29,19 @@ class CallFormat:
     name: str
     markers: tuple[str, ...]  # any of these in the template source identifies the format
     prefixes: tuple[str, ...]  # what a call message may start with, before its JSON object
-    args_keys: tuple[str, ...]  # where the arguments are, in the order tried
+    args_keys: tuple[str, ...]  # where the arguments are, in the order tried (the first is written)
+    block: tuple[str, str] | None = None  # calls as blocks between these markers, any number; else the
+    # whole message is one call
+
+    @property
+    def forced_prefix(self) -> str:
+        """What the prompt ends with when a call is forced, so the schema-bound JSON is the call's."""
+        return f"{self.block[0]}\n" if self.block else ""
 
 
+# In the order tried: the first whose marker the template holds is its format.
 FORMATS = (
+    CallFormat("hermes", ("<tool_call>",), (), ("arguments",), ("<tool_call>", "</tool_call>")),
     CallFormat("llama3_json", ("<|python_tag|>", "ipython", '"parameters"'), ("<|python_tag|>",),
                ("parameters", "arguments")),
 )
@@ -97,7 +112,8 @@ def forced_schema(fmt: CallFormat, tools: list[dict]) -> dict:
 
 
 def parse_call(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, str] | None:
-    """(name, arguments as JSON text) when the whole message is a call to one of `names`; else None."""
+    """(name, arguments as JSON text) when `text` (with any of the format's prefixes) is exactly a call
+    to one of `names`; else None."""
     body = text.strip()
     for p in fmt.prefixes:
         body = body.removeprefix(p).lstrip()
@@ -113,20 +129,43 @@ def parse_call(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, str] |
     return obj["name"], json.dumps(args)
 
 
-class TemplateCallStream:
-    """Feed a dense model's answer text; get content, or one function call. A message that may be a call
-    (it starts with `{` or a format's prefix) is held back until it ends, then given as a call when it is
-    one to an offered tool, else as the content it is; any other message streams as it comes."""
+def read_message(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, list[tuple[str, str]]]:
+    """A whole assistant message as (content, calls). Every call must parse and name an offered tool,
+    or the message is all content: never half a message's calls. A block format's last block may
+    lack its closing marker (the model stopped right after its JSON)."""
+    if fmt.block is None:
+        call = parse_call(fmt, text, names)
+        return ("", [call]) if call else (text, [])
+    start, end = map(re.escape, fmt.block)
+    block = re.compile(f"{start}(.*?)(?:{end}|$)", re.DOTALL)
+    calls = [parse_call(fmt, b, names) for b in block.findall(text)]
+    if not calls or None in calls:
+        return text, []
+    return block.sub("", text).strip(), calls
 
-    def __init__(self, fmt: CallFormat, names: set[str]):
+
+class TemplateCallStream:
+    """Feed a dense model's answer text; get content and function calls. What may be a call is held back
+    until the message ends, then given as calls when `read_message` finds them, else as the content it
+    is; the rest streams as it comes. Whole-message formats hold a message that starts with `{` or a
+    prefix; block formats stream text until a block opens (and a tail that may be its marker's start).
+    `forced`: the prompt ended with the format's forced_prefix, which the model's text continues."""
+
+    def __init__(self, fmt: CallFormat, names: set[str], forced: bool = False):
         self.fmt, self.names = fmt, names
-        self.held = ""  # the message so far, while it may still be a call
+        self.held = fmt.forced_prefix if forced else ""  # what may still be (or hold) a call
         self.decided = False  # it is not a call: text streams on as content
 
     def feed(self, text: str) -> Delta:
         if self.decided:
             return Delta(content=text)
         self.held += text
+        if self.fmt.block:
+            i = self.held.find(self.fmt.block[0])
+            if i < 0:
+                i = len(self.held) - _partial(self.held, self.fmt.block[0])
+            out, self.held = self.held[:i], self.held[i:]
+            return Delta(content=out)
         lead = self.held.lstrip()
         if not lead:
             return Delta()
@@ -139,7 +178,10 @@ class TemplateCallStream:
         text, self.held = self.held, ""
         if self.decided or not text:
             return Delta(content=text)
-        call = parse_call(self.fmt, text, self.names)
-        if call is None:
-            return Delta(content=text)
-        return Delta(calls=[CallDelta(0, call[0], call[1])])
+        content, calls = read_message(self.fmt, text, self.names)
+        return Delta(content=content, calls=[CallDelta(i, n, a) for i, (n, a) in enumerate(calls)])
+
+
+def _partial(text: str, marker: str) -> int:
+    """The length of the longest end of `text` that begins `marker` (a marker perhaps cut by a piece)."""
+    return next((k for k in range(min(len(marker) - 1, len(text)), 0, -1) if marker.startswith(text[-k:])), 0)

@@ -232,12 +232,13 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
                                tools=template_tools(offered) if fmt else None)
     schema = await _schema(engine, req)
     await _check_forced(engine, req, forced)
-    if fmt is not None and forced:  # the whole message is the call: decoded under its schema
+    if fmt is not None and forced:  # the message is the call (after the block's opening): under its schema
         schema = forced_schema(fmt, forced)
         await engine.check_constraint(schema, None, "tools")
+        text += fmt.forced_prefix
     gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
     gen.json_schema = schema
-    calls = TemplateCallStream(fmt, {t["name"] for t in offered}) if fmt and offered else None
+    calls = TemplateCallStream(fmt, {t["name"] for t in offered}, forced=bool(forced)) if fmt and offered else None
     if forced and harmony:  # a call the model must make: constrained, not hoped for
         return gen, harmony_tool_call(engine, gen, forced), None
     if harmony and schema is not None:  # gpt-oss: only the final answer is bound by the schema
