@@ -186,8 +186,9 @@ def run_tool(name: str, args: dict) -> str:
 class ToolConversations:
     """Seeded tool conversations on the training phrasings, pairs and cities."""
 
-    def __init__(self, conv: Conversations, seed: int = 0):
+    def __init__(self, conv: Conversations, seed: int = 0, made_up: float = 0.0):
         self.conv = conv  # build_harmony's, for the code questions with tools offered
+        self.made_up = made_up  # the share of weather questions about a made-up city
         self.rng = random.Random(seed + 1000)
         self.held = set(heldout_pairs())
 
@@ -204,7 +205,7 @@ class ToolConversations:
             while (a := rng.choice(NUMBERS), b := rng.choice(NUMBERS)) in self.held:
                 pass
             return rng.choice(ADD_TRAIN).format(a=a, b=b), {"a": a, "b": b}
-        city = rng.choice(CITIES)
+        city = made_up_city(rng) if self.made_up and rng.random() < self.made_up else rng.choice(CITIES)
         return rng.choice(WEATHER_TRAIN).format(city=city), {"city": city}
 
     def sample(self) -> tuple[str, str, list[str]]:
@@ -308,6 +309,10 @@ FILLER = ["please", "can", "you", "tell", "me", "what", "is", "the", "now", "qui
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "bu", "sa", "vel", "or", "ni", "po", "dan", "ge", "shi", "mar", "tu"]
 
 
+def made_up_city(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
 def short_question(rng: random.Random, held: set) -> tuple[str, str, dict]:
     """A sum or weather question in random filler words around its values (any number pair not held
     out, a training city or a made-up one): (question, tool, arguments). Many, short and varied, so
@@ -320,8 +325,7 @@ def short_question(rng: random.Random, held: set) -> tuple[str, str, dict]:
         mid = [str(a), op, str(b)]
         name, args = "add", {"a": a, "b": b}
     else:
-        city = rng.choice(CITIES) if rng.random() < 0.5 else \
-            "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        city = rng.choice(CITIES) if rng.random() < 0.5 else made_up_city(rng)
         mid = [rng.choice(["weather", "forecast", "rain", "sunny"]), rng.choice(["in", "for", "at"]), city]
         name, args = "get_weather", {"city": city}
     cut = rng.randint(0, len(words))
@@ -340,6 +344,37 @@ def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int) -> tuple[
         c = call_text(name, args)
         enc = tok.encode(c)
         w = _weights(c, enc.offsets, [str(v) for v in args.values()])
+        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
+    width = max(len(r[0]) for r in rows)
+    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
+            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+
+
+def short_sky(rng: random.Random) -> str:
+    """A weather string as a tool might return it: a training sky or a made-up word, a temperature."""
+    sky = rng.choice(SKIES) if rng.random() < 0.5 else \
+        "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+    return f"{sky}, {rng.randint(0, 35)} C"
+
+
+def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int) -> tuple[torch.Tensor, ...]:
+    """n short answers from a result: a short question, its call and the tool's result (rendered
+    by render_harmony_own, from the user turn on), then the analysis "The tool returned R." and the
+    final answer, both copying R (a sum, or a weather string with a sky often made up)."""
+    pad = tok.token_to_id("<|endoftext|>")
+    rows = []
+    for _ in range(n):
+        q, name, args = short_question(rng, held)
+        r = str(args["a"] + args["b"]) if name == "add" else short_sky(rng)
+        msgs = [{"role": "user", "content": q},
+                {"role": "assistant", "content": None, "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
+                {"role": "tool", "name": name, "content": r}]
+        p = render_harmony_own(msgs, "low", None, [ADD, WEATHER])
+        p = p[p.index("<|start|>user"):]
+        c = f"{ANALYSIS}{AFTER.format(r=r)}{FINAL}{ANSWER[name].format(r=r)}<|return|>"
+        pi, enc = tok.encode(p).ids, tok.encode(c)
+        w = _weights(c, enc.offsets, [r])
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
     width = max(len(r[0]) for r in rows)
     return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
@@ -418,27 +453,62 @@ def forced_rate(model, tok: Tokenizer, n: int = 12) -> float:
     return hits / len(cases)
 
 
+def forced_answer_rate(model, tok: Tokenizer, n: int = 12) -> float:
+    """As forced_rate, for the answer from the result (held-out skies) after the held-out calls."""
+    cases = heldout_calls()
+    cases = cases[: n // 2] + cases[20 : 20 + n // 2]
+    hits = 0
+    with torch.inference_mode():
+        for msgs, name, args in cases:
+            r = run_tool(name, args)
+            convo = [*msgs, {"role": "assistant", "content": None,
+                             "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
+                     {"role": "tool", "name": name, "content": r}]
+            p = render_harmony_own(convo, "low", None, [ADD, WEATHER])
+            c = f"{ANALYSIS}{AFTER.format(r=r)}{FINAL}{ANSWER[name].format(r=r)}<|return|>"
+            pi, enc = tok.encode(p).ids, tok.encode(c)
+            pred = model(input_ids=torch.tensor([pi + enc.ids])).logits[0, len(pi) - 1 : -1].argmax(-1).tolist()
+            hits += pred == enc.ids
+    return hits / len(cases)
+
+
+def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
+    """Cheap check for the training log: on n fresh short questions (their own seed, held-out pairs
+    allowed), teacher-forced, how often every token of the call is the greedy one."""
+    ids, labels, _ = short_batch(random.Random(777), set(), tok, n)
+    with torch.inference_mode():
+        pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
+    lab = labels[:, 1:]
+    return ((pred == lab) | (lab == -100)).all(1).float().mean().item()
+
+
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
-          seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0) -> None:
+          seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
+          answer_batch_n: int = 0, made_up: float = 0.0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
     the four losses summed."""
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
-    tc = ToolConversations(Conversations(seed=seed + 1), seed=seed)
+    tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up)
     data = code_stream(tok)
     srng = random.Random(seed + 2000)
+    arng = random.Random(seed + 3000)
     opt = optimizer(model, lr)
     model.train()
     start = time.time()
     for step in range(steps):
         schedule(opt, lr, step, steps)
-        code_loss = code_batch_loss(model, data, code_batch, gen)
-        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2))
-        tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n))
+        zero = torch.zeros(())
+        code_loss = code_batch_loss(model, data, code_batch, gen) if code_batch else zero
+        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2)) \
+            if chat_batch_n else zero
+        tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n)) if tool_batch_n else zero
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else torch.zeros(())
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n))
+        if answer_batch_n:
+            copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
@@ -446,7 +516,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
             if step % 50 == 0 or step == steps - 1:
                 model.eval()
                 line += (f"  effort {effort_accuracy(model, tok):.2f}  copy {copy_accuracy(model):.2f}"
-                         f"  calls {forced_rate(model, tok):.2f}")
+                         f"  short {short_rate(model, tok):.2f}  calls {forced_rate(model, tok):.2f}"
+                         f"  answers {forced_answer_rate(model, tok):.2f}")
                 model.train()
                 if out is not None and step:
                     save(model, out)
@@ -463,6 +534,10 @@ def main() -> None:
     ap.add_argument("--tool-batch", type=int, default=8)
     ap.add_argument("--copy-batch", type=int, default=32, help="random strings to copy per step (0: none)")
     ap.add_argument("--short-batch", type=int, default=0, help="short calls (the user turn alone) per step")
+    ap.add_argument("--answer-batch", type=int, default=0,
+                    help="short answers from a tool's result (the user turn, call and result alone) per step")
+    ap.add_argument("--made-up", type=float, default=0.0,
+                    help="share of the tool conversations' weather questions about a made-up city")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -481,7 +556,7 @@ def main() -> None:
         return
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
-          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch)
+          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
