@@ -172,9 +172,10 @@ def _scripted(text: str, template: str):
             return [1] * len(text.split())
 
         async def generate(self, gen):
-            for i in range(0, len(text), 3):
-                yield Piece(text[i:i + 3])
-            yield Piece("", "stop", len(text) // 3)
+            said = min((text.split(s)[0] for s in gen.stop), key=len, default=text)  # as engines stop
+            for i in range(0, len(said), 3):
+                yield Piece(said[i:i + 3])
+            yield Piece("", "stop", len(said) // 3)
 
     return Scripted(ModelInfo(architecture="llama", chat_format="template",
                               chat_template=TEMPLATES[template].read_text()), n_ctx=4096, slots=1)
@@ -235,6 +236,22 @@ def test_text_streams_at_once_and_a_possible_call_waits_for_its_end():
     assert not s.feed("<|pyth") and s.finish().content == "<|pyth"  # a prefix of a prefix, then the end
     assert parse_call(LLAMA3, '{"name": "add", "arguments": {"a": 1}}', {"add"}) == ("add", '{"a": 1}')
     assert parse_call(LLAMA3, '{"name": "add", "parameters": {}, "x": 1}', {"add"}) is None
+
+
+def test_parallel_tool_calls_false_ends_a_hermes_message_at_its_first_call():
+    from edgeport.serving.app import Settings, create_app
+
+    said = f"{_block(*PARIS)}\n{_block(*SUM)}"
+    with asgi_server(create_app(_scripted(said, "hermes"), Settings("m", 1, 0))) as url:
+        c = _client(url)
+        for parallel, want in ((None, [PARIS, SUM]), (True, [PARIS, SUM]), (False, [PARIS])):
+            kw = {} if parallel is None else {"parallel_tool_calls": parallel}
+            m = c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS, **kw).choices[0].message
+            assert [(t.function.name, json.loads(t.function.arguments)) for t in m.tool_calls] == want
+            r = c.responses.create(model="m", input="Weather in Paris?", tools=[
+                {"type": "function", **t["function"]} for t in TOOLS], **kw)
+            assert [(i.name, json.loads(i.arguments)) for i in r.output if i.type == "function_call"] == want
+            assert r.parallel_tool_calls is (parallel is not False)
 
 
 def test_a_hermes_block_streams_text_until_it_opens_and_a_forced_one_is_continued():

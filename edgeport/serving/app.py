@@ -236,7 +236,10 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
         schema = forced_schema(fmt, forced)
         await engine.check_constraint(schema, None, "tools")
         text += fmt.forced_prefix
-    gen = await _generation(engine, req, text, extra_stops=list(HARMONY_STOP) if harmony else [])
+    stops = list(HARMONY_STOP) if harmony else []
+    if fmt is not None and fmt.block and req.parallel_tool_calls is False:
+        stops.append(fmt.block[1])  # one call: the message ends where its block closes
+    gen = await _generation(engine, req, text, extra_stops=stops)
     gen.json_schema = schema
     calls = TemplateCallStream(fmt, {t["name"] for t in offered}, forced=bool(forced)) if fmt and offered else None
     if forced and harmony:  # a call the model must make: constrained, not hoped for

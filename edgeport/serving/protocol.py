@@ -167,7 +167,8 @@ class ChatRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None  # accepted; a harmony turn makes one call at a time
+    # a harmony turn and a Llama 3.1 JSON message make one call; false ends a Hermes message at its first
+    parallel_tool_calls: bool | None = None
 
     def tool_plan(self) -> tuple[list[dict], list[dict]]:
         """(the tools offered to the model, the tools one of which the answer must call): `none` offers
@@ -306,7 +307,8 @@ class ResponsesRequest(BaseModel):
                 *self.turns()]
         body: dict[str, Any] = {"model": self.model, "messages": msgs, "temperature": self.temperature,
                                 "top_p": self.top_p, "seed": self.seed, "max_tokens": self.max_output_tokens,
-                                "reasoning_effort": self.reasoning.effort if self.reasoning else None}
+                                "reasoning_effort": self.reasoning.effort if self.reasoning else None,
+                                "parallel_tool_calls": self.parallel_tool_calls}
         if self.tools:
             body["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
                              for t in self.tools]

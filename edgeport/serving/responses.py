@@ -153,7 +153,7 @@ def _body(rid: str, req: ResponsesRequest, items: list[dict], status: str, gen: 
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
             "previous_response_id": req.previous_response_id, "temperature": req.temperature, "top_p": req.top_p,
-            "parallel_tool_calls": False,  # a harmony turn makes one call
+            "parallel_tool_calls": req.parallel_tool_calls is not False,  # allowed (as OpenAI echoes it)
             "tool_choice": req.tool_choice.model_dump() if isinstance(req.tool_choice, BaseModel)
             else req.tool_choice or "auto",
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
