@@ -186,9 +186,10 @@ def run_tool(name: str, args: dict) -> str:
 class ToolConversations:
     """Seeded tool conversations on the training phrasings, pairs and cities."""
 
-    def __init__(self, conv: Conversations, seed: int = 0, made_up: float = 0.0):
+    def __init__(self, conv: Conversations, seed: int = 0, made_up: float = 0.0, small: float = 0.0):
         self.conv = conv  # build_harmony's, for the code questions with tools offered
         self.made_up = made_up  # the share of weather questions about a made-up city
+        self.small = small  # the share of one-digit numbers beyond NUMBERS' own
         self.rng = random.Random(seed + 1000)
         self.held = set(heldout_pairs())
 
@@ -202,8 +203,7 @@ class ToolConversations:
     def question(self, name: str) -> tuple[str, dict]:
         rng = self.rng
         if name == "add":
-            while (a := rng.choice(NUMBERS), b := rng.choice(NUMBERS)) in self.held:
-                pass
+            a, b = number_pair(rng, self.held, self.small)
             return rng.choice(ADD_TRAIN).format(a=a, b=b), {"a": a, "b": b}
         city = made_up_city(rng) if self.made_up and rng.random() < self.made_up else rng.choice(CITIES)
         return rng.choice(WEATHER_TRAIN).format(city=city), {"city": city}
@@ -313,14 +313,24 @@ def made_up_city(rng: random.Random) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
 
 
-def short_question(rng: random.Random, held: set) -> tuple[str, str, dict]:
+def number_pair(rng: random.Random, held: set, small: float = 0.0) -> tuple[int, int]:
+    """A training (a, b) pair, not held out; each number, with probability `small`, of one digit
+    (NUMBERS alone gives 10 %, and a model trained so writes "22" for "2")."""
+    def one() -> int:
+        return rng.randrange(10) if small and rng.random() < small else rng.choice(NUMBERS)
+
+    while (pair := (one(), one())) in held:
+        pass
+    return pair
+
+
+def short_question(rng: random.Random, held: set, small: float = 0.0) -> tuple[str, str, dict]:
     """A sum or weather question in random filler words around its values (any number pair not held
     out, a training city or a made-up one): (question, tool, arguments). Many, short and varied, so
     the only thing they share is where the values are."""
     words = [rng.choice(FILLER) for _ in range(rng.randint(0, 5))]
     if rng.random() < 0.5:
-        while (a := rng.choice(NUMBERS), b := rng.choice(NUMBERS)) in held:
-            pass
+        a, b = number_pair(rng, held, small)
         op = rng.choice(["plus", "and", "+", "add", "sum"])
         mid = [str(a), op, str(b)]
         name, args = "add", {"a": a, "b": b}
@@ -333,13 +343,13 @@ def short_question(rng: random.Random, held: set) -> tuple[str, str, dict]:
     return q[0].upper() + q[1:] + rng.choice(["?", ".", "", "!"]), name, args
 
 
-def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int) -> tuple[torch.Tensor, ...]:
+def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: float = 0.0) -> tuple[torch.Tensor, ...]:
     """n short calls: the user turn alone (as render_harmony_own ends a prompt), then the call. No
     system or developer message, so a step holds many more copies of a value for the same compute."""
     pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
-        q, name, args = short_question(rng, held)
+        q, name, args = short_question(rng, held, small)
         pi = tok.encode(f"<|start|>user<|message|>{q}<|end|><|start|>assistant").ids
         c = call_text(name, args)
         enc = tok.encode(c)
@@ -358,14 +368,15 @@ def short_sky(rng: random.Random) -> str:
     return f"{sky}, {rng.randint(0, 35)} C"
 
 
-def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int) -> tuple[torch.Tensor, ...]:
+def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
+                 small: float = 0.0) -> tuple[torch.Tensor, ...]:
     """n short answers from a result: a short question, its call and the tool's result (rendered
     by render_harmony_own, from the user turn on), then the analysis "The tool returned R." and the
     final answer, both copying R (a sum, or a weather string with a sky often made up)."""
     pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
-        q, name, args = short_question(rng, held)
+        q, name, args = short_question(rng, held, small)
         r = str(args["a"] + args["b"]) if name == "add" else short_sky(rng)
         msgs = [{"role": "user", "content": q},
                 {"role": "assistant", "content": None, "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
@@ -484,13 +495,13 @@ def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
 
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
-          answer_batch_n: int = 0, made_up: float = 0.0) -> None:
+          answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
     the four losses summed."""
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
-    tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up)
+    tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
     data = code_stream(tok)
     srng = random.Random(seed + 2000)
     arng = random.Random(seed + 3000)
@@ -506,9 +517,9 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n)) if tool_batch_n else zero
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else torch.zeros(())
         if short_batch_n:
-            copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n))
+            copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small))
         if answer_batch_n:
-            copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n))
+            copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n, small))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
@@ -538,6 +549,8 @@ def main() -> None:
                     help="short answers from a tool's result (the user turn, call and result alone) per step")
     ap.add_argument("--made-up", type=float, default=0.0,
                     help="share of the tool conversations' weather questions about a made-up city")
+    ap.add_argument("--small-numbers", type=float, default=0.0,
+                    help="share of numbers drawn from 0-9 in the training questions (besides 0-99's own)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -556,7 +569,8 @@ def main() -> None:
         return
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
-          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up)
+          a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
+          a.small_numbers)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
