@@ -15,7 +15,9 @@ loss on the assistant's tokens only:
   "The tool returned 19.", then the final answer "The sum is 19." / "The weather is sunny, 21 C.";
 - a code question with the tools offered: build_harmony's answer, no call;
 
-and (c) the copy task (`copy_batch_loss`: random strings written twice), which no call can do without.
+and (c) the copy task (`copy_batch_loss`: random strings written twice), which no call can do without;
+optionally (d) short calls and short answers from a result (the user turn alone, filler words, made-up
+cities and skies: `short_batch`, `answer_batch`), many values copied per step for little compute.
 
 Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `heldout_calls`,
 `run_tool`; tests/test_tool_model.py uses them) are never trained on.
@@ -23,7 +25,8 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
     python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): not met. The one full run of the first session (250 steps without the copy
+Status (2026-12-06): not met (latest: 14/40 held-out calls, all of them sums; see the end). The one
+full run of the first session (250 steps without the copy
 task, seed 0, lr 3e-3, batches code 2 / chat 4 / tool 8) kept the effort lookup and learned the
 call's shape and mostly which tool, but not to copy a value: the numbers and cities came out as frequent
 guesses, 0/40 held-out calls right (1/20 training ones, teacher-forced). Served (Q4_K_M GGUF,
@@ -66,7 +69,37 @@ plus|and|+ b"}<|end|><|start|>assistant<|channel|>analysis<|message|>The user wa
 the target ` {a} and {b},`, a and b in 0-99), the greedy target whole and right on 64 fresh rows rose
 to 0.22 after 250 selection steps, 0.61 after 650, 0.81 after 1050, and 0.67-0.86 from then to 1450
 (14 min on 2 cores). The mixed runs above gave the selection a few rows per step; dedicated rows,
-then the tool conversations, are the next run to try.
+then the tool conversations, were the next run to try.
+
+The fourth session (2026-12-06) tried it, in four runs each from the previous one's output (about 95
+min on 2 cores in all, some of it beside other work):
+
+    python -m edgeport.models.build_tools --steps 1200 --lr 1e-3 --code-batch 0 --chat-batch 0 \
+        --tool-batch 0 --copy-batch 16 --short-batch 48 --out /tmp/sel1
+    python -m edgeport.models.build_tools --init /tmp/sel1 --seed 1 --steps 700 --lr 1e-3 --code-batch 0 \
+        --chat-batch 0 --tool-batch 0 --copy-batch 8 --short-batch 40 --answer-batch 24 --out /tmp/sel2
+    python -m edgeport.models.build_tools --init /tmp/sel2 --seed 2 --steps 600 --lr 1e-3 --code-batch 2 \
+        --chat-batch 8 --tool-batch 8 --copy-batch 4 --short-batch 24 --answer-batch 16 --out /tmp/sel3
+    python -m edgeport.models.build_tools --init /tmp/sel3 --seed 3 --steps 700 --lr 7e-4 --code-batch 4 \
+        --chat-batch 8 --tool-batch 8 --made-up 0.5 --copy-batch 4 --short-batch 16 --answer-batch 8 \
+        --out /tmp/sel4
+
+The log's `short` (teacher-forced, the whole short call right, 32 fresh questions) rose to 0.41 after
+the first run and stayed near 0.4-0.56 after. The short calls alone cost what the other tasks hold:
+after the first two runs, the code loss was 14.9 (about 3.3-3.8 when trained) and the effort lookup at
+chance, and the third run's model still wrote tool-call text into its code answers (eval-set perplexity
+72.4). After the fourth (`--check-only`, greedy, fp32): held-out calls right 14/40 (sums 14/20, weather
+0/20), answers from the result 20/40, code questions with tools answered without a call 7/8, the effort
+kept (5 / 22 / 62 words), harmony well formed, eval-set perplexity 56.1 (committed: 45.1). Not committed.
+What is wrong is now narrow:
+- every missed sum has a one-digit number, written twice ("I need 2 + 3." -> `{"a": 22, "b": 33}`):
+  0-99 drawn uniformly gives 10 % one-digit numbers, the held-out pairs hold 7 of 20 sums with one;
+  `--small-numbers` oversamples them;
+- the held-out cities (real names: Helsinki, Quito, ...) come out as training cities (Milan for Manila)
+  or made-up ones: "in <City>" is learnt as a choice among the cities seen, not a copy. Made-up
+  cities (`--made-up`, and half the short rows) did not yet change that.
+Teaching selection apart from the rest wrecks the rest; the next run should mix everything from the
+start, with one-digit numbers oversampled and most cities made up.
 """
 
 from __future__ import annotations
