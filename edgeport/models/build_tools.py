@@ -295,6 +295,14 @@ def _weights(c: str, offsets: list[tuple[int, int]], values: list[str]) -> list[
     return [ARGS_WEIGHT if any(a < e and b > s for s, e in spans) else 1.0 for a, b in offsets]
 
 
+def padded(rows: list[tuple[list[int], list[int], list[float]]], pad: int) -> tuple[torch.Tensor, ...]:
+    """(ids, labels, weights) rows as tensors, padded on the right (no label, no weight there)."""
+    width = max(len(r[0]) for r in rows)
+    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
+            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+
+
 def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids, labels (-100 on the prompt) and loss weights of n tool conversations."""
     pad = tok.token_to_id("<|endoftext|>")
@@ -304,11 +312,7 @@ def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Ten
         pi, enc = tok.encode(p).ids, tok.encode(c)
         w = _weights(c, enc.offsets, values)
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    width = max(len(r[0]) for r in rows)
-    ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
-    labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
-    weights = torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows])
-    return ids, labels, weights
+    return padded(rows, pad)
 
 
 # Random token strings: the ids below the first special token (1015 in this vocabulary)
@@ -388,10 +392,7 @@ def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: fl
         enc = tok.encode(c)
         w = _weights(c, enc.offsets, [str(v) for v in args.values()])
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    width = max(len(r[0]) for r in rows)
-    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
-            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
-            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+    return padded(rows, pad)
 
 
 def short_sky(rng: random.Random) -> str:
@@ -420,10 +421,7 @@ def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
         pi, enc = tok.encode(p).ids, tok.encode(c)
         w = _weights(c, enc.offsets, [r])
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    width = max(len(r[0]) for r in rows)
-    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
-            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
-            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+    return padded(rows, pad)
 
 
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:

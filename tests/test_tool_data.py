@@ -1,0 +1,67 @@
+"""The tool-training data (edgeport/models/build_tools.py) never holds what the eval holds out: no
+held-out number pair, city, sky or phrasing in any training row, so tests/test_tool_model.py's rates are
+rates on unseen questions; and a row's loss falls on the completion only."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from tokenizers import Tokenizer
+
+from edgeport.models import build_tools as bt
+from edgeport.models.build_harmony import Conversations
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.from_file(str(bt.MODEL / "tokenizer.json"))
+
+
+def _texts(batch, tok) -> list[tuple[str, str]]:
+    """(whole row, completion) texts of a padded batch."""
+    ids, labels, _ = batch
+    out = []
+    for row, lab in zip(ids.tolist(), labels.tolist(), strict=True):
+        done = [t for t, y in zip(row, lab, strict=True) if y != -100]
+        out.append((tok.decode(row, skip_special_tokens=False), tok.decode(done, skip_special_tokens=False)))
+    return out
+
+
+def _held_out_in(text: str) -> list[str]:
+    """The held-out values `text` holds: a pair as the analysis or the call writes it, a city, a sky as a
+    weather result, a held-out phrasing."""
+    pairs = bt.heldout_pairs()
+    held = [rf"(?<!\d){a} and {b}," for a, b in pairs] + [rf'"a": {a}, "b": {b}}}' for a, b in pairs]
+    held += [rf"\b{c}\b" for c in bt.HELDOUT_CITIES] + [rf"\b{s}, \d+ C" for s in bt.HELDOUT_SKIES]
+    held += [re.escape(p.split("{")[0]) for p in bt.ADD_HELDOUT + bt.WEATHER_HELDOUT if len(p.split("{")[0]) > 6]
+    return [h for h in held if re.search(h, text)]
+
+
+@pytest.mark.parametrize("small,made_up", [(0.0, 0.0), (0.5, 0.8)])
+def test_no_training_row_holds_a_held_out_value(tok, small, made_up):
+    rng = random.Random(0)
+    tc = bt.ToolConversations(Conversations(seed=1), seed=0, made_up=made_up, small=small)
+    rows = [*_texts(bt.tool_batch(tc, tok, 200), tok), *_texts(bt.short_batch(rng, tc.held, tok, 300, small), tok),
+            *_texts(bt.answer_batch(rng, tc.held, tok, 300, small), tok)]
+    found = {h for whole, _ in rows for h in _held_out_in(whole)}
+    assert not found, found
+    one_digit = sum('"a": ' in c and c.split('"a": ')[1][1] == "," for _, c in rows)
+    assert one_digit > 0
+
+
+def test_the_check_finds_a_held_out_value():
+    a, b = bt.heldout_pairs()[0]
+    assert _held_out_in(f"The user wants the sum of {a} and {b}, so I call add.")
+    assert _held_out_in("The weather is stormy, 3 C.") and _held_out_in('{"city": "Quito"}')
+    assert not _held_out_in(f"the sum of 1{a} and {b}, so") and not _held_out_in("d.clear()")
+
+
+def test_the_loss_is_on_the_completion_only(tok):
+    rng = random.Random(1)
+    for whole, done in _texts(bt.short_batch(rng, set(), tok, 20), tok):
+        assert done.startswith("<|channel|>analysis<|message|>") and done.endswith("<|call|>")
+        assert "<|start|>user" in whole and "<|start|>user" not in done
+    for _, done in _texts(bt.answer_batch(rng, set(), tok, 20), tok):
+        assert done.startswith("<|channel|>analysis<|message|>The tool returned ") and done.endswith("<|return|>")
