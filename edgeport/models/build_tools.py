@@ -25,13 +25,13 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
     python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): not met (latest: 14/40 held-out calls, all of them sums; see the end). The one
-full run of the first session (250 steps without the copy
-task, seed 0, lr 3e-3, batches code 2 / chat 4 / tool 8) kept the effort lookup and learned the
-call's shape and mostly which tool, but not to copy a value: the numbers and cities came out as frequent
-guesses, 0/40 held-out calls right (1/20 training ones, teacher-forced). Served (Q4_K_M GGUF,
-tests/test_tool_model.py): the right tool with made-up arguments, and tests/test_harmony_model.py's gguf
-case failed (one eval prompt ran to the token limit). Those weights were not committed.
+Status (2026-12-06): not met (at best 15/40 held-out calls, all of them sums; see the end). The one full
+run of the first session (250 steps without the copy task, seed 0, lr 3e-3, batches code 2 / chat 4 /
+tool 8) kept the effort lookup and learned the call's shape and mostly which tool, but not to copy a
+value: the numbers and cities came out as frequent guesses, 0/40 held-out calls right (1/20 training
+ones, teacher-forced). Served (Q4_K_M GGUF, tests/test_tool_model.py): the right tool with made-up
+arguments, and tests/test_harmony_model.py's gguf case failed (one eval prompt ran to the token limit).
+Those weights were not committed.
 
 The second session found why: the tiny model could not copy at all (greedy accuracy 0.00 on a random
 20-token string written twice). `copy_batch_loss` (random strings written twice, 32 per step) grows that
@@ -270,11 +270,19 @@ class ToolConversations:
             return render_harmony_own(msgs, effort, None, self.tools(name)), call_text(name, args), \
                 [str(v) for v in args.values()]
         result = str(args["a"] + args["b"]) if name == "add" else weather(args["city"], SKIES, rng.randrange(10**6))
-        msgs += [{"role": "assistant", "content": None,
-                  "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
-                 {"role": "tool", "name": name, "content": result}]
-        c = f"{ANALYSIS}{AFTER.format(r=result)}{FINAL}{ANSWER[name].format(r=result)}<|return|>"
-        return render_harmony_own(msgs, effort, None, self.tools(name)), c, [result]
+        msgs += called(name, args, result)
+        return render_harmony_own(msgs, effort, None, self.tools(name)), answer_text(name, result), [result]
+
+
+def called(name: str, args: dict, result: str) -> list[dict]:
+    """The turns after a question: the assistant's call of `name`, and the tool's result."""
+    return [{"role": "assistant", "content": None, "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
+            {"role": "tool", "name": name, "content": result}]
+
+
+def answer_text(name: str, result: str) -> str:
+    """The completion after a result: the analysis that restates it, then the final answer from it."""
+    return f"{ANALYSIS}{AFTER.format(r=result)}{FINAL}{ANSWER[name].format(r=result)}<|return|>"
 
 
 def call_text(name: str, args: dict) -> str:
@@ -352,8 +360,12 @@ FILLER = ["please", "can", "you", "tell", "me", "what", "is", "the", "now", "qui
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "bu", "sa", "vel", "or", "ni", "po", "dan", "ge", "shi", "mar", "tu"]
 
 
+def made_up_word(rng: random.Random, least: int, most: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(least, most)))
+
+
 def made_up_city(rng: random.Random) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    return made_up_word(rng, 2, 3).capitalize()
 
 
 def number_pair(rng: random.Random, held: set, small: float = 0.0) -> tuple[int, int]:
@@ -403,8 +415,7 @@ def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: fl
 
 def short_sky(rng: random.Random) -> str:
     """A weather string as a tool might return it: a training sky or a made-up word, a temperature."""
-    sky = rng.choice(SKIES) if rng.random() < 0.5 else \
-        "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+    sky = rng.choice(SKIES) if rng.random() < 0.5 else made_up_word(rng, 1, 3)
     return f"{sky}, {rng.randint(0, 35)} C"
 
 
@@ -418,12 +429,9 @@ def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
     for _ in range(n):
         q, name, args = short_question(rng, held, small)
         r = str(args["a"] + args["b"]) if name == "add" else short_sky(rng)
-        msgs = [{"role": "user", "content": q},
-                {"role": "assistant", "content": None, "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
-                {"role": "tool", "name": name, "content": r}]
-        p = render_harmony_own(msgs, "low", None, [ADD, WEATHER])
+        p = render_harmony_own([{"role": "user", "content": q}, *called(name, args, r)], "low", None, [ADD, WEATHER])
         p = p[p.index("<|start|>user"):]
-        c = f"{ANALYSIS}{AFTER.format(r=r)}{FINAL}{ANSWER[name].format(r=r)}<|return|>"
+        c = answer_text(name, r)
         pi, enc = tok.encode(p).ids, tok.encode(c)
         w = _weights(c, enc.offsets, [r])
         rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
@@ -470,10 +478,7 @@ def tool_check(model, tok: Tokenizer, n: int = 40, verbose: bool = True) -> dict
         if not ok and verbose:
             print(f"  miss: {msgs[-1]['content']!r} -> {text[-90:]!r}")
         result = run_tool(name, args)
-        convo = [*msgs, {"role": "assistant", "content": None,
-                         "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
-                 {"role": "tool", "name": name, "content": result}]
-        text = generate(model, tok, render_harmony_own(convo, effort, None, tools))
+        text = generate(model, tok, render_harmony_own([*msgs, *called(name, args, result)], effort, None, tools))
         final = text.split("<|channel|>final<|message|>")[-1]
         answers += "<|channel|>final<|message|>" in text and result in final
     no_call = sum("to=functions" not in generate(model, tok, render_harmony_own(m, e, None, tools), 300)
@@ -509,11 +514,8 @@ def forced_answer_rate(model, tok: Tokenizer, n: int = 12) -> float:
     with torch.inference_mode():
         for msgs, name, args in cases:
             r = run_tool(name, args)
-            convo = [*msgs, {"role": "assistant", "content": None,
-                             "tool_calls": [{"name": name, "arguments": json.dumps(args)}]},
-                     {"role": "tool", "name": name, "content": r}]
-            p = render_harmony_own(convo, "low", None, [ADD, WEATHER])
-            c = f"{ANALYSIS}{AFTER.format(r=r)}{FINAL}{ANSWER[name].format(r=r)}<|return|>"
+            p = render_harmony_own([*msgs, *called(name, args, r)], "low", None, [ADD, WEATHER])
+            c = answer_text(name, r)
             pi, enc = tok.encode(p).ids, tok.encode(c)
             pred = model(input_ids=torch.tensor([pi + enc.ids])).logits[0, len(pi) - 1 : -1].argmax(-1).tolist()
             hits += pred == enc.ids
@@ -552,7 +554,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2)) \
             if chat_batch_n else zero
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n)) if tool_batch_n else zero
-        copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else torch.zeros(())
+        copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small))
         if answer_batch_n:
