@@ -65,3 +65,24 @@ def test_the_loss_is_on_the_completion_only(tok):
         assert "<|start|>user" in whole and "<|start|>user" not in done
     for _, done in _texts(bt.answer_batch(rng, set(), tok, 20), tok):
         assert done.startswith("<|channel|>analysis<|message|>The tool returned ") and done.endswith("<|return|>")
+
+
+def test_made_up_names_start_with_any_capital_and_hold_no_held_out_word():
+    """A city in a call starts with a letter the model must copy, not pick: the held-out cities start
+    with H, Q, Z, ..., which no training city did."""
+    rng = random.Random(2)
+    cities = [bt.made_up_city(rng) for _ in range(2000)]
+    assert {c[0] for c in cities} == set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    assert not any(h in c.lower() for c in cities for h in bt.HELD_WORDS)
+
+
+def test_the_text_copy_task_trains_on_the_second_copy_only(tok):
+    from edgeport.models.build_harmony import code_stream
+
+    ids, labels, weights = bt.text_copy_batch(random.Random(3), tok, code_stream(tok), 8)
+    nl = tok.encode("\n").ids
+    for row, lab, w in zip(ids.tolist(), labels.tolist(), weights.tolist(), strict=True):
+        done = [t for t in lab if t != -100]
+        first = row[: len(done)]
+        assert done == first and row[len(done) : len(done) + len(nl)] == nl
+        assert sum(x > 0 for x in w) == len(done)

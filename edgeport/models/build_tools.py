@@ -355,17 +355,75 @@ def copy_accuracy(model, n: int = 64, length: int = 20) -> float:
     return (pred == ids[:, 4 + length + 1 :]).float().mean().item()
 
 
+def text_line(rng: random.Random) -> str:
+    """A line like the values a question holds: made-up names and words, numbers of one to three digits,
+    filler words and punctuation, in random order."""
+    parts = []
+    for _ in range(rng.randint(3, 8)):
+        k = rng.random()
+        parts.append(made_up_city(rng) if k < 0.3 else letters_word(rng, 2, 7) if k < 0.5
+                     else str(rng.randrange(10 ** rng.randint(1, 3))) if k < 0.75 else rng.choice(FILLER))
+        if rng.random() < 0.2:
+            parts[-1] += rng.choice(",.?!:")
+    return " ".join(parts)
+
+
+def text_copy_batch(rng: random.Random, tok: Tokenizer, data: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """n rows written twice (after a newline), the loss on the second copy: half `text_line`s, half
+    24-token windows of the code corpus. `copy_batch_loss`'s random ids almost never repeat, so one
+    token tells a head where it is; in text the letters, digits and the space token before every
+    number repeat, and only the tokens before them do: the copy a call makes of "Helsinki" or "2"."""
+    pad = tok.token_to_id("<|endoftext|>")
+    nl = tok.encode("\n").ids
+    rows = []
+    for i in range(n):
+        if i % 2:
+            s = rng.randrange(len(data) - 25)
+            ids = data[s : s + 24].tolist()
+        else:
+            ids = tok.encode(text_line(rng)).ids
+        head = len(ids) + len(nl)
+        rows.append((ids + nl + ids, [-100] * head + ids, [0.0] * head + [1.0] * len(ids)))
+    return padded(rows, pad)
+
+
+def text_copy_accuracy(model, tok: Tokenizer, n: int = 32) -> float:
+    """Greedy: the share of `text_line`s (fixed seed) whose second copy is right in every token."""
+    rng = random.Random(4321)
+    nl = tok.encode("\n").ids
+    hits = 0
+    with torch.inference_mode():
+        for _ in range(n):
+            ids = tok.encode(text_line(rng)).ids
+            full = torch.tensor([ids + nl + ids])
+            pred = model(input_ids=full).logits[0, len(ids) + len(nl) - 1 : -1].argmax(-1).tolist()
+            hits += pred == ids
+    return hits / n
+
+
 FILLER = ["please", "can", "you", "tell", "me", "what", "is", "the", "now", "quick", "question", "hey", "so",
           "I", "want", "to", "know", "today", "right", "just", "ok", "thanks", "about", "then"]
-SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "bu", "sa", "vel", "or", "ni", "po", "dan", "ge", "shi", "mar", "tu"]
+CONSONANTS, VOWELS = "bcdfghjklmnpqrstvwxyz", "aeiou"
+HELD_WORDS = [w.lower() for w in HELDOUT_CITIES + HELDOUT_SKIES]
 
 
-def made_up_word(rng: random.Random, least: int, most: int) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(least, most)))
+def letters_word(rng: random.Random, least: int, most: int) -> str:
+    """A made-up word from any letters (consonants and vowels mostly alternating), none holding a
+    held-out city or sky. The tokenizer splits a name into letters and pairs of them, so a model
+    that saw only 16 syllables' initials (the first five runs in the Status) learnt to choose among
+    them, not to copy an H or a Q."""
+    while True:
+        n = rng.randint(least, most)
+        v = rng.random() < 0.25
+        w = "".join(rng.choice(VOWELS if (i % 2 == 0) == v or rng.random() < 0.15 else CONSONANTS)
+                    for i in range(n))
+        if not any(h in w for h in HELD_WORDS):
+            return w
 
 
 def made_up_city(rng: random.Random) -> str:
-    return made_up_word(rng, 2, 3).capitalize()
+    """A made-up city: any letters under any capital."""
+    return letters_word(rng, 3, 8).capitalize()
 
 
 def number_pair(rng: random.Random, held: set, small: float = 0.0) -> tuple[int, int]:
@@ -415,7 +473,7 @@ def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: fl
 
 def short_sky(rng: random.Random) -> str:
     """A weather string as a tool might return it: a training sky or a made-up word, a temperature."""
-    sky = rng.choice(SKIES) if rng.random() < 0.5 else made_up_word(rng, 1, 3)
+    sky = rng.choice(SKIES) if rng.random() < 0.5 else letters_word(rng, 3, 8)
     return f"{sky}, {rng.randint(0, 35)} C"
 
 
@@ -489,11 +547,13 @@ def tool_check(model, tok: Tokenizer, n: int = 40, verbose: bool = True) -> dict
     return figs
 
 
-def forced_rate(model, tok: Tokenizer, n: int = 12) -> float:
-    """Cheap check for the training log: on n held-out call cases, teacher-forced, how often every
-    token of the completion (analysis and call) is the greedy one."""
+def forced_rate(model, tok: Tokenizer, n: int = 12, kind: str | None = None) -> float:
+    """Cheap check for the training log: on n held-out call cases (half sums, half weather; or n of
+    one `kind`), teacher-forced, how often every token of the completion (analysis and call) is the
+    greedy one."""
     cases = heldout_calls()
-    cases = cases[: n // 2] + cases[20 : 20 + n // 2]
+    cases = cases[: n // 2] + cases[20 : 20 + n // 2] if kind is None else \
+        [c for c in cases if c[1] == kind][:n]
     hits = 0
     with torch.inference_mode():
         for msgs, name, args in cases:
@@ -534,7 +594,7 @@ def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
 
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
-          answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0) -> None:
+          answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
     the four losses summed."""
@@ -544,6 +604,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     data = code_stream(tok)
     srng = random.Random(seed + 2000)
     arng = random.Random(seed + 3000)
+    trng = random.Random(seed + 4000)
     opt = optimizer(model, lr)
     model.train()
     start = time.time()
@@ -559,6 +620,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small))
         if answer_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n, small))
+        if text_copy_n:
+            copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
@@ -566,7 +629,9 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
             if step % 50 == 0 or step == steps - 1:
                 model.eval()
                 line += (f"  effort {effort_accuracy(model, tok):.2f}  copy {copy_accuracy(model):.2f}"
-                         f"  short {short_rate(model, tok):.2f}  calls {forced_rate(model, tok):.2f}"
+                         f"  text {text_copy_accuracy(model, tok):.2f}  short {short_rate(model, tok):.2f}"
+                         f"  sums {forced_rate(model, tok, 8, 'add'):.2f}"
+                         f"  weather {forced_rate(model, tok, 8, 'get_weather'):.2f}"
                          f"  answers {forced_answer_rate(model, tok):.2f}")
                 model.train()
                 if out is not None and step:
@@ -583,6 +648,8 @@ def main() -> None:
     ap.add_argument("--chat-batch", type=int, default=4)
     ap.add_argument("--tool-batch", type=int, default=8)
     ap.add_argument("--copy-batch", type=int, default=32, help="random strings to copy per step (0: none)")
+    ap.add_argument("--text-copy", type=int, default=0,
+                    help="text lines and code windows to copy per step (text_copy_batch; 0: none)")
     ap.add_argument("--short-batch", type=int, default=0, help="short calls (the user turn alone) per step")
     ap.add_argument("--answer-batch", type=int, default=0,
                     help="short answers from a tool's result (the user turn, call and result alone) per step")
@@ -609,7 +676,7 @@ def main() -> None:
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
-          a.small_numbers)
+          a.small_numbers, a.text_copy)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
