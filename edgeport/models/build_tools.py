@@ -25,7 +25,7 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
     python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): not met (at best 15/40 held-out calls, all of them sums; see the end). The one full
+Status (2026-12-06): not met (at best 18/40 held-out calls, 15 of them sums; see the end). The one full
 run of the first session (250 steps without the copy task, seed 0, lr 3e-3, batches code 2 / chat 4 /
 tool 8) kept the effort lookup and learned the call's shape and mostly which tool, but not to copy a
 value: the numbers and cities came out as frequent guesses, 0/40 held-out calls right (1/20 training
@@ -106,6 +106,41 @@ but not the cities and lost ground elsewhere: held-out calls 15/40 (sums 15/20, 
 answers again held tool-call text (`def _get_weather <|constrain|>...`: not harmony). Not committed.
 Teaching selection apart from the rest wrecks the rest; the next run should mix everything from the
 start (from the committed model), with one-digit numbers oversampled and most cities made up.
+
+The sixth session (2026-12-06) found what stopped the cities: this tokenizer writes " Helsinki" as
+`Ġ H e ls ink i`, so a copy must find "the letter after the space after `in`", and the space token and
+the letters occur all over the prompt; the random-token copy task teaches a head that finds a token by
+the one before it, which such text defeats (per-token greedy accuracy on `text_line`s written twice:
+0.30, with the random-token copy at 0.98). And no made-up city (16 syllables) began with H, Q or Z.
+Made-up names now use any letters under any capital (`letters_word`), and `--text-copy` adds made-up
+lines and code windows written twice (`text_copy_batch`). Runs, each from the previous one's output
+(the first three stopped after the save named, so their schedules stopped early):
+
+    python -m edgeport.models.build_tools --steps 1000 --lr 1e-3 --code-batch 4 --chat-batch 8 \
+        --tool-batch 8 --made-up 0.7 --small-numbers 0.3 --copy-batch 4 --text-copy 16 --short-batch 24 \
+        --answer-batch 12 --out /tmp/mix1                                  # stopped after step 650
+    ... --init /tmp/mix1 --seed 1 --steps 1200 (the same, but --copy-batch 8 --text-copy 32) --out /tmp/mix2
+                                                                          # stopped after step 300
+    ... --init /tmp/mix2 --seed 2 --made-up 1.0 (else as mix2) --out /tmp/mix3  # stopped after step 200
+
+Mixed in, the text copy did not move (0.30-0.31 per token after 650, 950 and 1150 steps), though the
+random-token copy reached 0.99 and sums came right more often (teacher-forced 0.75-1.0 on 8). Alone it
+did: a throwaway script (AdamW as `optimizer`, constant lr 1e-3, 48 `text_copy_batch` rows per step,
+`random.Random(9)`, nothing else; nearest here: `--code-batch 0 --chat-batch 0 --tool-batch 0
+--copy-batch 0 --text-copy 48 --lr 1e-3`, which has the cosine schedule) took it from 0.32 to 0.67 in
+400 steps and 0.985 in 900 (8 min). That wrecked the rest again (code loss 15.3, effort at chance),
+but the mixture below restored it within ~150 steps:
+
+    python -m edgeport.models.build_tools --init /tmp/tc1 --seed 3 --steps 800 --lr 1e-3 --code-batch 4 \
+        --chat-batch 8 --tool-batch 8 --made-up 1.0 --small-numbers 0.3 --copy-batch 4 --text-copy 16 \
+        --short-batch 24 --answer-batch 12 --out /tmp/mix4                # 34 min
+
+`--check-only --init /tmp/mix4`: held-out calls 18/40 (sums 15/20, weather 3/20), answers from the
+result 35/40 (was 20/40), code questions without a call 8/8, eval-set perplexity 35.6 (committed: 45.1),
+effort 4 / 22 / 54 words, but harmony broken on 3 of 24 eval answers (a final that loops, or holds
+`final<|message|>`). The cities are now copies with one letter wrong, mostly the first ("Yuito",
+"Yurich", "Oorto"; "Helsurei" where the analysis had "Helsinki"); the missed sums loop ("44 and 44 and
+..."). Not committed.
 """
 
 from __future__ import annotations
@@ -437,7 +472,7 @@ def number_pair(rng: random.Random, held: set, small: float = 0.0) -> tuple[int,
     return pair
 
 
-def short_question(rng: random.Random, held: set, small: float = 0.0) -> tuple[str, str, dict]:
+def short_question(rng: random.Random, held: set, small: float = 0.0, made_up: float = 0.5) -> tuple[str, str, dict]:
     """A sum or weather question in random filler words around its values (any number pair not held
     out, a training city or a made-up one): (question, tool, arguments). Many, short and varied, so
     the only thing they share is where the values are."""
@@ -448,7 +483,7 @@ def short_question(rng: random.Random, held: set, small: float = 0.0) -> tuple[s
         mid = [str(a), op, str(b)]
         name, args = "add", {"a": a, "b": b}
     else:
-        city = rng.choice(CITIES) if rng.random() < 0.5 else made_up_city(rng)
+        city = made_up_city(rng) if rng.random() < made_up else rng.choice(CITIES)
         mid = [rng.choice(["weather", "forecast", "rain", "sunny"]), rng.choice(["in", "for", "at"]), city]
         name, args = "get_weather", {"city": city}
     cut = rng.randint(0, len(words))
@@ -456,13 +491,14 @@ def short_question(rng: random.Random, held: set, small: float = 0.0) -> tuple[s
     return q[0].upper() + q[1:] + rng.choice(["?", ".", "", "!"]), name, args
 
 
-def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: float = 0.0) -> tuple[torch.Tensor, ...]:
+def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: float = 0.0,
+                made_up: float = 0.5) -> tuple[torch.Tensor, ...]:
     """n short calls: the user turn alone (as render_harmony_own ends a prompt), then the call. No
     system or developer message, so a step holds many more copies of a value for the same compute."""
     pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
-        q, name, args = short_question(rng, held, small)
+        q, name, args = short_question(rng, held, small, made_up)
         pi = tok.encode(f"<|start|>user<|message|>{q}<|end|><|start|>assistant").ids
         c = call_text(name, args)
         enc = tok.encode(c)
@@ -478,14 +514,14 @@ def short_sky(rng: random.Random) -> str:
 
 
 def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
-                 small: float = 0.0) -> tuple[torch.Tensor, ...]:
+                 small: float = 0.0, made_up: float = 0.5) -> tuple[torch.Tensor, ...]:
     """n short answers from a result: a short question, its call and the tool's result (rendered
     by render_harmony_own, from the user turn on), then the analysis "The tool returned R." and the
     final answer, both copying R (a sum, or a weather string with a sky often made up)."""
     pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
-        q, name, args = short_question(rng, held, small)
+        q, name, args = short_question(rng, held, small, made_up)
         r = str(args["a"] + args["b"]) if name == "add" else short_sky(rng)
         p = render_harmony_own([{"role": "user", "content": q}, *called(name, args, r)], "low", None, [ADD, WEATHER])
         p = p[p.index("<|start|>user"):]
@@ -617,9 +653,11 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n)) if tool_batch_n else zero
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
-            copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small))
+            copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
+                                                                          max(0.5, made_up)))
         if answer_batch_n:
-            copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n, small))
+            copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n, small,
+                                                                           max(0.5, made_up)))
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
@@ -654,7 +692,7 @@ def main() -> None:
     ap.add_argument("--answer-batch", type=int, default=0,
                     help="short answers from a tool's result (the user turn, call and result alone) per step")
     ap.add_argument("--made-up", type=float, default=0.0,
-                    help="share of the tool conversations' weather questions about a made-up city")
+                    help="share of the weather questions about a made-up city (the short rows: at least half)")
     ap.add_argument("--small-numbers", type=float, default=0.0,
                     help="share of numbers drawn from 0-9 in the training questions (besides 0-99's own)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
