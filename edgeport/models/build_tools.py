@@ -17,7 +17,8 @@ loss on the assistant's tokens only:
 
 and (c) the copy task (`copy_batch_loss`: random strings written twice), which no call can do without;
 optionally (d) short calls and short answers from a result (the user turn alone, filler words, made-up
-cities and skies: `short_batch`, `answer_batch`), many values copied per step for little compute.
+cities and skies: `short_batch`, `answer_batch`), many values copied per step for little compute, and
+(e) made-up lines and code written twice (`text_copy_batch`), the copy that text needs.
 
 Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `heldout_calls`,
 `run_tool`; tests/test_tool_model.py uses them) are never trained on.
@@ -110,8 +111,9 @@ start (from the committed model), with one-digit numbers oversampled and most ci
 The sixth session (2026-12-06) found what stopped the cities: this tokenizer writes " Helsinki" as
 `Ġ H e ls ink i`, so a copy must find "the letter after the space after `in`", and the space token and
 the letters occur all over the prompt; the random-token copy task teaches a head that finds a token by
-the one before it, which such text defeats (per-token greedy accuracy on `text_line`s written twice:
-0.30, with the random-token copy at 0.98). And no made-up city (16 syllables) began with H, Q or Z.
+the one before it, which such text defeats (per-token greedy accuracy on 16 `text_line`s written
+twice, by a throwaway script: 0.30, with the random-token copy at 0.98; the log's `text` is the share
+of 32 lines copied whole). And no made-up city (16 syllables) began with H, Q or Z.
 Made-up names now use any letters under any capital (`letters_word`), and `--text-copy` adds made-up
 lines and code windows written twice (`text_copy_batch`). Runs, each from the previous one's output
 (the first three stopped after the save named, so their schedules stopped early):
@@ -140,7 +142,14 @@ result 35/40 (was 20/40), code questions without a call 8/8, eval-set perplexity
 effort 4 / 22 / 54 words, but harmony broken on 3 of 24 eval answers (a final that loops, or holds
 `final<|message|>`). The cities are now copies with one letter wrong, mostly the first ("Yuito",
 "Yurich", "Oorto"; "Helsurei" where the analysis had "Helsinki"); the missed sums loop ("44 and 44 and
-..."). Not committed.
+..."). Not committed. 600 more steps from it (`--init /tmp/mix4 --seed 4 --steps 600 --lr 5e-4`, batches
+as mix4 but `--tool-batch 12 --answer-batch 8`; 29 min) did not help: calls 16/40 (sums 12/20, the new
+misses writing the second number twice, `{"a": 30, "b": 30}`; weather 4/20, still the first letter:
+"Zuito", "Hurich", "Oustin"), answers 31/40, code questions without a call 7/8, perplexity 30.2,
+harmony broken on 3 of 24. What remains is choosing the first token of a value (the capital after the
+space token, the first number rather than the second); what to try next: more steps of the mix4 mixture
+with the short rows weighted on that token, and a check of whether a model of this size (4 layers, 288
+wide) learns it at all on the short rows alone, before spending another session on mixtures.
 """
 
 from __future__ import annotations
