@@ -353,8 +353,15 @@ def _weights(c: str, offsets: list[tuple[int, int]], values: list[str]) -> list[
     return [ARGS_WEIGHT if any(a < e and b > s for s, e in spans) else 1.0 for a, b in offsets]
 
 
-def padded(rows: list[tuple[list[int], list[int], list[float]]], pad: int) -> tuple[torch.Tensor, ...]:
+def row(tok: Tokenizer, prompt: str, completion: str, values: list[str]) -> tuple[list[int], list[int], list[float]]:
+    """(ids, labels, weights) of prompt + completion: no label on the prompt, `_weights` on the completion."""
+    pi, enc = tok.encode(prompt).ids, tok.encode(completion)
+    return pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + _weights(completion, enc.offsets, values)
+
+
+def padded(rows: list[tuple[list[int], list[int], list[float]]], tok: Tokenizer) -> tuple[torch.Tensor, ...]:
     """(ids, labels, weights) rows as tensors, padded on the right (no label, no weight there)."""
+    pad = tok.token_to_id("<|endoftext|>")
     width = max(len(r[0]) for r in rows)
     return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
             torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
@@ -363,14 +370,7 @@ def padded(rows: list[tuple[list[int], list[int], list[float]]], pad: int) -> tu
 
 def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids, labels (-100 on the prompt) and loss weights of n tool conversations."""
-    pad = tok.token_to_id("<|endoftext|>")
-    rows = []
-    for _ in range(n):
-        p, c, values = tc.sample()
-        pi, enc = tok.encode(p).ids, tok.encode(c)
-        w = _weights(c, enc.offsets, values)
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    return padded(rows, pad)
+    return padded([row(tok, *tc.sample()) for _ in range(n)], tok)
 
 
 # Random token strings: the ids below the first special token (1015 in this vocabulary)
@@ -417,7 +417,6 @@ def text_copy_batch(rng: random.Random, tok: Tokenizer, data: torch.Tensor, n: i
     24-token windows of the code corpus. `copy_batch_loss`'s random ids almost never repeat, so one
     token tells a head where it is; in text the letters, digits and the space token before every
     number repeat, and only the tokens before them do: the copy a call makes of "Helsinki" or "2"."""
-    pad = tok.token_to_id("<|endoftext|>")
     nl = tok.encode("\n").ids
     rows = []
     for i in range(n):
@@ -428,7 +427,7 @@ def text_copy_batch(rng: random.Random, tok: Tokenizer, data: torch.Tensor, n: i
             ids = tok.encode(text_line(rng)).ids
         head = len(ids) + len(nl)
         rows.append((ids + nl + ids, [-100] * head + ids, [0.0] * head + [1.0] * len(ids)))
-    return padded(rows, pad)
+    return padded(rows, tok)
 
 
 def text_copy_accuracy(model, tok: Tokenizer, n: int = 32) -> float:
@@ -504,16 +503,12 @@ def short_batch(rng: random.Random, held: set, tok: Tokenizer, n: int, small: fl
                 made_up: float = 0.5) -> tuple[torch.Tensor, ...]:
     """n short calls: the user turn alone (as render_harmony_own ends a prompt), then the call. No
     system or developer message, so a step holds many more copies of a value for the same compute."""
-    pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
         q, name, args = short_question(rng, held, small, made_up)
-        pi = tok.encode(f"<|start|>user<|message|>{q}<|end|><|start|>assistant").ids
-        c = call_text(name, args)
-        enc = tok.encode(c)
-        w = _weights(c, enc.offsets, [str(v) for v in args.values()])
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    return padded(rows, pad)
+        rows.append(row(tok, f"<|start|>user<|message|>{q}<|end|><|start|>assistant", call_text(name, args),
+                        [str(v) for v in args.values()]))
+    return padded(rows, tok)
 
 
 def short_sky(rng: random.Random) -> str:
@@ -527,18 +522,13 @@ def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
     """n short answers from a result: a short question, its call and the tool's result (rendered
     by render_harmony_own, from the user turn on), then the analysis "The tool returned R." and the
     final answer, both copying R (a sum, or a weather string with a sky often made up)."""
-    pad = tok.token_to_id("<|endoftext|>")
     rows = []
     for _ in range(n):
         q, name, args = short_question(rng, held, small, made_up)
         r = str(args["a"] + args["b"]) if name == "add" else short_sky(rng)
         p = render_harmony_own([{"role": "user", "content": q}, *called(name, args, r)], "low", None, [ADD, WEATHER])
-        p = p[p.index("<|start|>user"):]
-        c = answer_text(name, r)
-        pi, enc = tok.encode(p).ids, tok.encode(c)
-        w = _weights(c, enc.offsets, [r])
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + w))
-    return padded(rows, pad)
+        rows.append(row(tok, p[p.index("<|start|>user"):], answer_text(name, r), [r]))
+    return padded(rows, tok)
 
 
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
@@ -641,8 +631,9 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
           answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
-    build_harmony's last run, which keep the effort lookup), tool conversations and the copy task,
-    the four losses summed."""
+    build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
+    the optional batches (short calls and answers, at least half their cities made up; text copies),
+    the losses summed."""
     gen = torch.Generator().manual_seed(seed)
     conv = Conversations(seed=seed)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
@@ -650,6 +641,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     srng = random.Random(seed + 2000)
     arng = random.Random(seed + 3000)
     trng = random.Random(seed + 4000)
+    short_made_up = max(0.5, made_up)
     opt = optimizer(model, lr)
     model.train()
     start = time.time()
@@ -663,10 +655,10 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
-                                                                          max(0.5, made_up)))
+                                                                          short_made_up))
         if answer_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *answer_batch(arng, tc.held, tok, answer_batch_n, small,
-                                                                           max(0.5, made_up)))
+                                                                           short_made_up))
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
         update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
