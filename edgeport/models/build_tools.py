@@ -336,21 +336,27 @@ def call_text(name: str, args: dict) -> str:
 
 # the tokens that decide a call: what is called and with what, and the answer's copy of the result
 ARGS_WEIGHT = 5.0
+# times ARGS_WEIGHT on a value's first token (`--first-weight`): after the rest of a value is copied right,
+# what is wrong is its first token ("Kuito" for Quito, `{"a": 8, "b": 8}`), the one token a copy
+# cannot find by the token before it
+FIRST_WEIGHT = 1.0
 
 
 def _weights(c: str, offsets: list[tuple[int, int]], values: list[str]) -> list[float]:
     """ARGS_WEIGHT on the tool's name in the call header and on every copy of a value (a number, the
-    city, the result); 1 elsewhere."""
-    spans = []
+    city, the result), times FIRST_WEIGHT on a value's first token; 1 elsewhere."""
+    spans, firsts = [], []
     for v in values:
         i = c.find(v)
         while i >= 0:
             spans.append((i, i + len(v)))
+            firsts.append(i)
             i = c.find(v, i + len(v))
     if "to=functions." in c:
         i = c.index("to=functions.")
         spans.append((i, c.index(" ", i)))
-    return [ARGS_WEIGHT if any(a < e and b > s for s, e in spans) else 1.0 for a, b in offsets]
+    return [ARGS_WEIGHT * (FIRST_WEIGHT if any(a <= f < b for f in firsts) else 1.0)
+            if any(a < e and b > s for s, e in spans) else 1.0 for a, b in offsets]
 
 
 def row(tok: Tokenizer, prompt: str, completion: str, values: list[str]) -> tuple[list[int], list[int], list[float]]:
@@ -696,11 +702,15 @@ def main() -> None:
                     help="share of the weather questions about a made-up city (the short rows: at least half)")
     ap.add_argument("--small-numbers", type=float, default=0.0,
                     help="share of numbers drawn from 0-9 in the training questions (besides 0-99's own)")
+    ap.add_argument("--first-weight", type=float, default=1.0,
+                    help="extra loss weight on a value's first token, times ARGS_WEIGHT (default 1: none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
     ap.add_argument("--out", type=Path, default=MODEL, help="where to write the model (default: in place)")
     a = ap.parse_args()
+    global FIRST_WEIGHT
+    FIRST_WEIGHT = a.first_weight
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
     tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
