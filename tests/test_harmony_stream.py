@@ -50,3 +50,16 @@ def test_stray_markers_never_reach_the_texts():
 
 def test_text_after_return_is_dropped():
     assert parse("<|channel|>final<|message|>x<|return|>junk") == ("", "x", False)
+
+
+def test_a_long_headerless_message_after_start_ends():
+    """A model that writes `<|start|>` and then 300 characters with no `<|message|>` (the tool-trained
+    tiny gpt-oss did, at temperature 0) is not harmony: the text goes to content. This hung the server
+    (header and body handed the `<|start|>` back and forth for ever); run in a child so a hang fails."""
+    import subprocess
+    import sys
+
+    code = ("from edgeport.core.harmony import parse;"
+            "print(parse('<|channel|>final<|message|>hi<|start|>' + 'a' * 300))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == repr(("", "hi" + "a" * 300, True)), r.stderr

@@ -381,8 +381,9 @@ class HarmonyStream:
         if i < 0:
             # a header is short: a long run of text with no <|message|> is not harmony
             if len(self.buf) > 256 or (self.buf and not self._could_be_header(self.buf)):
+                # the held `<|start|>` is dropped, not handed back: the body would cut at it and
+                # return here for ever (and _emit drops a stray marker anyway)
                 self.malformed, self.state, self.channel = True, "body", None
-                self.buf = self.header + self.buf
                 self.header = ""
             return self.state == "body"
         head, self.buf = self.header + self.buf[:i], self.buf[i + len(MESSAGE):]
