@@ -186,9 +186,11 @@ class _Free:
         return self.end.finish_reason == "length" or bool(self.end.stop_word and self.end.stop_word in user_stops)
 
     def lead(self) -> str:
-        """What comes before the header the front writes: the model stopped where a message opens
-        (at its channel), or after a message ended (which is closed and a new one started)."""
-        return "" if self.end.stop_word in (FINAL_HEADER, COMMENTARY) else f"{END}{START}assistant"
+        """What comes before the header the front writes: nothing where the model stopped at the channel
+        of a message it opened (`<|start|>assistant`); else the analysis is closed and a new message
+        started (after a message ended, or at a channel written inside the analysis)."""
+        opened = "".join(self.said).rstrip().endswith(f"{START}assistant")
+        return "" if self.end.stop_word in (FINAL_HEADER, COMMENTARY) and opened else f"{END}{START}assistant"
 
 
 async def _reason(engine: Engine, gen: Generation, user_stops: list[str], run: _Free) -> AsyncIterator[Piece]:
