@@ -1,7 +1,7 @@
-"""Teach the bundled tiny gpt-oss to call function tools (not done yet: see Status).
+"""Teach the bundled tiny gpt-oss to call function tools (how far it got: see Status).
 
-build_harmony.py taught it harmony but never a tool: under `tool_choice` auto it answers a sum or a
-weather question with code (0/40 held-out calls), and a forced call is the grammar's doing. This
+build_harmony.py taught it harmony but never a tool: under `tool_choice` auto it answered a sum or a
+weather question with code (0/40 held-out calls), and a forced call was the grammar's doing. This
 continues its training, seeded, for a fixed number of steps, on (a) what build_harmony trains on
 (code batches and harmony conversations, two steps in three short ones, so parity and the effort
 behaviour stay), and (b) conversations with the tools `add(a, b)` and `get_weather(city)` declared,
@@ -26,7 +26,9 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
     python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): not met (at best 18/40 held-out calls, 15 of them sums; see the end). The one full
+Status (2026-12-06): the committed weights call the right tool with the whole call right on 18 of 40
+held-out questions in process (15 of 20 sums, 3 of 20 cities) and answer from the result on 40/40; the
+best run got 26/40 but broke harmony (see the end). The one full
 run of the first session (250 steps without the copy task, seed 0, lr 3e-3, batches code 2 / chat 4 /
 tool 8) kept the effort lookup and learned the call's shape and mostly which tool, but not to copy a
 value: the numbers and cities came out as frequent guesses, 0/40 held-out calls right (1/20 training
@@ -150,6 +152,24 @@ harmony broken on 3 of 24. What remains is choosing the first token of a value (
 space token, the first number rather than the second); what to try next: more steps of the mix4 mixture
 with the short rows weighted on that token, and a check of whether a model of this size (4 layers, 288
 wide) learns it at all on the short rows alone, before spending another session on mixtures.
+
+The seventh session (2026-12-06) continued mix4 with twice the harmony conversations at half the lr,
+and those weights are the committed ones:
+
+    python -m edgeport.models.build_tools --init /tmp/mix4 --seed 5 --steps 550 --lr 5e-4 --code-batch 4 \
+        --chat-batch 16 --tool-batch 8 --made-up 1.0 --small-numbers 0.3 --copy-batch 4 --text-copy 8 \
+        --short-batch 16 --answer-batch 8 --out /tmp/mix6                  # 27 min
+
+`--check-only --init /tmp/mix6`: held-out calls 18/40 (sums 15/20, weather 3/20), answers from the
+result 40/40, code questions without a call 8/8, harmony well formed on all 24 eval answers with the
+effort kept (5 / 22 / 62 words), eval-set perplexity 30.5 (before: 45.1). Served, see
+tests/test_tool_model.py and the README. Weighting a value's first token (`--first-weight 3`, from
+mix6: `--seed 6 --steps 450`, `--short-batch 24`, else as above; 27 min) gave 26/40 (sums 16/20,
+weather 10/20: Quito, Zurich, Austin now right; Manila, Porto, Kyoto, Helsinki not), answers 40/40,
+but 5 of 24 harmony eval answers broken (code finals that loop); 150 steps more at lr 2e-4 with
+`--chat-batch 24` made that 6 of 24. Not committed. The cities still missed begin with a token that
+holds the space (" Manila" is `ĠM an i la`, in the call `M an i la`: a different token to map, not a
+copy) or, for Helsinki and Kyoto, lose the middle ("Helsurei", "Gyoto").
 """
 
 from __future__ import annotations
@@ -162,6 +182,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from transformers import GptOssForCausalLM
@@ -635,7 +656,8 @@ def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
 
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
-          answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0) -> None:
+          answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0,
+          snapshots: bool = False) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
     the optional batches (short calls and answers, at least half their cities made up; text copies),
@@ -681,6 +703,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
                 model.train()
                 if out is not None and step:
                     save(model, out)
+                    if snapshots:
+                        save(model, out.with_name(f"{out.name}-step{step}"))
             print(line, flush=True)
     model.eval()
 
@@ -704,6 +728,10 @@ def main() -> None:
                     help="share of numbers drawn from 0-9 in the training questions (besides 0-99's own)")
     ap.add_argument("--first-weight", type=float, default=1.0,
                     help="extra loss weight on a value's first token, times ARGS_WEIGHT (default 1: none)")
+    ap.add_argument("--mxfp4-experts", action="store_true",
+                    help="set the experts to their MXFP4 values and keep them frozen (mxfp4_experts)")
+    ap.add_argument("--snapshots", action="store_true",
+                    help="also keep every 50-step save, beside --out as OUT-stepN")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -715,6 +743,8 @@ def main() -> None:
     torch.manual_seed(a.seed)
     tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
     model = GptOssForCausalLM.from_pretrained(a.init or MODEL, dtype=torch.float32).eval()
+    if a.mxfp4_experts:
+        mxfp4_experts(model)
     if a.check_only:
         print(f"eval-set perplexity: {evalset_ppl(model, tok):.3f}", flush=True)
         print(f"teacher-forced held-out calls: {forced_rate(model, tok, 40):.3f}", flush=True)
@@ -725,10 +755,26 @@ def main() -> None:
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
-          a.small_numbers, a.text_copy)
+          a.small_numbers, a.text_copy, a.snapshots)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
+
+
+def mxfp4_experts(model) -> None:
+    """Set every expert weight to its MXFP4 value (edgeport/export/mxfp4.py, as the cpu, vllm and onnx
+    exports quantize a BF16 gpt-oss) and freeze it. The rest then trains around that error, which the
+    exports then do not add: tool training made these weights 3.5x more sensitive to it (Q4_K_M's KL
+    0.0064 -> 0.022), enough to break harmony answers served that were well formed in fp32. The values
+    are exact in bf16 and quantize back to themselves."""
+    from edgeport.export import mxfp4
+
+    for name, p in model.named_parameters():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            w = p.detach().float().numpy()  # [E, in, out]; MXFP4 blocks run along `in`
+            q = np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
+            p.data.copy_(torch.from_numpy(q))
+            p.requires_grad_(False)
 
 
 def save(model, out: Path) -> None:
