@@ -1,7 +1,9 @@
 """The bundled tiny gpt-oss calls tools itself (edgeport/models/build_tools.py taught it), served from its
 GGUF export over llama-server through the real `openai` client and LangChain: on phrasings, numbers and
 cities it never saw in training it calls the right tool with the right, schema-valid arguments, and after
-the tool's result comes back it answers from it."""
+the tool's result comes back it answers from it. Not met yet (strict xfails); what holds today: a forced
+call is always valid, a code question with tools offered gets no call, and LangChain's forced call
+round-trips."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from tests.test_serving import _client, _model, server
 
 TOOLS = [{"type": "function", "function": t} for t in (ADD, WEATHER)]
 SCHEMAS = {t["name"]: t["parameters"] for t in (ADD, WEATHER)}
-# The bar a model must meet (40 held-out questions, greedy, Q4_K_M GGUF). No trained weights meet it
-# yet (the committed ones: 0/40; build_tools.py's Status): to be set just below the measured rate.
+# The bar a model must meet (40 held-out questions, greedy, Q4_K_M GGUF): the right tool with schema-valid
+# arguments, the whole call right, and, given the right call and its result, an answer that holds it. No
+# trained weights meet it yet (the committed ones: 0/40 calls; build_tools.py's Status): to be set just
+# below the measured rates when weights are shipped.
+TOOL_RATE_BOUND = 0.9
 CALL_RATE_BOUND = 0.9
 ANSWER_RATE_BOUND = 0.9
 
@@ -38,37 +43,42 @@ def _checked(call) -> tuple[str, dict] | None:
     return call.function.name, args
 
 
-UNTAUGHT = pytest.mark.xfail(strict=True, reason="not met: the tiny gpt-oss picks the tool but makes up its "
-                                                  "arguments, 0/40 held out (build_tools.py, Status)")
+UNTAUGHT = pytest.mark.xfail(strict=True, reason="not met: under auto the committed tiny gpt-oss answers a sum "
+                                                  "or a weather question with code, 0/40 held out (build_tools.py)")
 
 
 @UNTAUGHT
 def test_held_out_questions_get_the_right_call_and_an_answer_from_its_result(served):
+    """Under `tool_choice` auto (nothing forced): the model's own call, right tool and schema-valid, then
+    right whole (the values copied); and, given the right call and its result, an answer that holds it."""
     c = _client(served)
     model = _model(c)
     cases = heldout_calls()
-    right, answered, misses = 0, 0, []
-    for msgs, name, args in cases:
+    right, tool_ok, answered, misses, by_tool = 0, 0, 0, [], {}
+    for i, (msgs, name, args) in enumerate(cases):
         r = c.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=200, temperature=0)
         ch = r.choices[0]
         calls = ch.message.tool_calls or []
-        ok = ch.finish_reason == "tool_calls" and len(calls) == 1 and _checked(calls[0]) == (name, args)
-        right += ok
-        if not ok:
+        made = _checked(calls[0]) if ch.finish_reason == "tool_calls" and len(calls) == 1 else None
+        tool_ok += made is not None and made[0] == name
+        right += made == (name, args)
+        by_tool[name] = by_tool.get(name, 0) + (made == (name, args))
+        if made != (name, args):
             misses.append((msgs[-1]["content"], ch.message.content, [(t.function.name, t.function.arguments)
                                                                      for t in calls]))
-            continue
         result = run_tool(name, args)
-        said = {"role": "assistant", "content": ch.message.content,
-                "tool_calls": [{"id": calls[0].id, "type": "function",
-                                "function": {"name": name, "arguments": calls[0].function.arguments}}]}
-        follow = [*msgs, said, {"role": "tool", "tool_call_id": calls[0].id, "content": result}]
+        said = {"role": "assistant", "content": None,
+                "tool_calls": [{"id": f"call_{i}", "type": "function",
+                                "function": {"name": name, "arguments": json.dumps(args)}}]}
+        follow = [*msgs, said, {"role": "tool", "tool_call_id": f"call_{i}", "content": result}]
         a = c.chat.completions.create(model=model, messages=follow, tools=TOOLS, max_tokens=200, temperature=0)
         answered += a.choices[0].finish_reason == "stop" and result in (a.choices[0].message.content or "")
     n = len(cases)
-    print(f"held-out calls right {right}/{n}, answered from the result {answered}/{n}")
+    print(f"held-out: the right tool, schema-valid {tool_ok}/{n}; the whole call right {right}/{n}; "
+          f"answered from the result {answered}/{n}; right by tool {by_tool}")
+    assert tool_ok / n >= TOOL_RATE_BOUND, misses
     assert right / n >= CALL_RATE_BOUND, misses
-    assert answered / n >= ANSWER_RATE_BOUND, (answered, right)
+    assert answered / n >= ANSWER_RATE_BOUND, answered
 
 
 def test_required_on_a_question_without_a_tool_still_yields_a_valid_call(served):
@@ -129,9 +139,14 @@ def test_langchain_forced_call_round_trips_through_an_agent_loop(served):
 
 
 @UNTAUGHT
-def test_langchain_bind_tools_and_an_agent_loop(served):
-    """LangChain's ChatOpenAI against the server: bind_tools gets tool_calls, and a minimal agent loop
-    (invoke, run the tool, ToolMessage, invoke) ends in an answer that holds the tool's result."""
+@pytest.mark.parametrize(("question", "name", "args"), [
+    ("How much is 31 plus 45?", "add", {"a": 31, "b": 45}),
+    ("How's the weather over in Kyoto?", "get_weather", {"city": "Kyoto"}),
+], ids=["add", "get_weather"])
+def test_langchain_bind_tools_and_an_agent_loop(served, question, name, args):
+    """LangChain's ChatOpenAI against the server: bind_tools gets the model's own tool_calls (not forced),
+    and a minimal agent loop (invoke, run the tool, ToolMessage, invoke) ends in an answer that holds the
+    tool's result."""
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_openai import ChatOpenAI
 
@@ -139,16 +154,14 @@ def test_langchain_bind_tools_and_an_agent_loop(served):
                      max_tokens=200, max_retries=0)
     bound = llm.bind_tools([add, get_weather])
     funcs = {"add": add, "get_weather": get_weather}
-    for question, name, args in [("How much is 31 plus 45?", "add", {"a": 31, "b": 45}),
-                                 ("How's the weather over in Kyoto?", "get_weather", {"city": "Kyoto"})]:
-        history = [HumanMessage(question)]
+    history = [HumanMessage(question)]
+    reply = bound.invoke(history)
+    assert [(t["name"], t["args"]) for t in reply.tool_calls] == [(name, args)], reply
+    for _ in range(3):  # the loop: until the model answers instead of calling
+        if not reply.tool_calls:
+            break
+        history.append(reply)
+        for t in reply.tool_calls:
+            history.append(ToolMessage(str(funcs[t["name"]](**t["args"])), tool_call_id=t["id"]))
         reply = bound.invoke(history)
-        assert [(t["name"], t["args"]) for t in reply.tool_calls] == [(name, args)], reply
-        for _ in range(3):  # the loop: until the model answers instead of calling
-            if not reply.tool_calls:
-                break
-            history.append(reply)
-            for t in reply.tool_calls:
-                history.append(ToolMessage(str(funcs[t["name"]](**t["args"])), tool_call_id=t["id"]))
-            reply = bound.invoke(history)
-        assert not reply.tool_calls and str(funcs[name](**args)) in reply.content, reply
+    assert not reply.tool_calls and str(funcs[name](**args)) in reply.content, reply
