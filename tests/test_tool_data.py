@@ -86,3 +86,29 @@ def test_the_text_copy_task_trains_on_the_second_copy_only(tok):
         first = row[: len(done)]
         assert done == first and row[len(done) : len(done) + len(nl)] == nl
         assert sum(x > 0 for x in w) == len(done)
+
+
+def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
+    """`--mxfp4-experts`: each expert weight becomes its MXFP4 value, which bf16 (the saved weights) holds
+    exactly and the exporters' quantizer maps back to itself, so an export adds no expert error; frozen.
+    The bundled weights themselves are not such values (the check below fails on them)."""
+    import numpy as np
+    import torch
+    from transformers import GptOssForCausalLM
+
+    from edgeport.export import mxfp4
+
+    model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
+
+    def round_trip_error(p: torch.Tensor) -> float:
+        w = p.detach().float().numpy()
+        q = np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
+        return float(np.abs(q - w).max())
+
+    experts = [p for n, p in model.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == 2 * model.config.num_hidden_layers
+    assert max(round_trip_error(p) for p in experts) > 0
+    bt.mxfp4_experts(model)
+    for p in experts:
+        assert round_trip_error(p) == 0 and not p.requires_grad
+        assert torch.equal(p.to(torch.bfloat16).float(), p)
