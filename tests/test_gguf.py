@@ -3,8 +3,8 @@
 import gguf
 import numpy as np
 
+from edgeport.core import mxfp4
 from edgeport.core.source import Source
-from edgeport.export import mxfp4
 from tests.conftest import gguf_of
 
 

@@ -6,8 +6,8 @@ import pytest
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
+from edgeport.core import mxfp4
 from edgeport.core.source import Source
-from edgeport.export import mxfp4
 
 
 def test_e2m1_rounds_to_nearest_even_and_saturates():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edgeport.core import manifest as mf
+from edgeport.core import mxfp4
 from edgeport.core.errors import ArchitectureError, OutputError, QuantizationError, TargetError
 from edgeport.core.source import Source, sha256_file
-from edgeport.export import mxfp4
 from edgeport.export.imatrix import DEFAULT_BUDGET_TOKENS
 from edgeport.export.pipeline import export
 from tests.conftest import ROOT, copy_model

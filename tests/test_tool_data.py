@@ -96,7 +96,7 @@ def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
     import torch
     from transformers import GptOssForCausalLM
 
-    from edgeport.export import mxfp4
+    from edgeport.core import mxfp4
 
     model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
 

@@ -14,8 +14,8 @@ import json
 
 import numpy as np
 
+from edgeport.core import mxfp4
 from edgeport.core.source import Source
-from edgeport.export import mxfp4
 from edgeport.export.hf_mxfp4 import EXPERT_WEIGHTS
 from edgeport.models import MODELS
 

@@ -18,12 +18,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from edgeport.core import mxfp4
 from edgeport.core.architectures import Architecture, TensorRule, config_value, tensor_pattern
 from edgeport.core.errors import ArchitectureError, SourceError
 from edgeport.core.progress import Progress
 from edgeport.core.source import Source, iter_rows
-
-from . import mxfp4
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeport.core import mxfp4
 from edgeport.core.errors import QuantizationError
 from edgeport.core.progress import Progress
 from edgeport.core.source import Source, iter_rows
 
-from . import mxfp4, safetensors_stream
+from . import safetensors_stream
 from .safetensors_stream import ITEMSIZE, StreamTensor
 
 MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router",

@@ -203,6 +203,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GptOssForCausalLM
 
+from edgeport.core import mxfp4
 from edgeport.core.harmony import parse_calls, render_harmony_own
 from edgeport.models.build_harmony import (
     DEVELOPER,
@@ -778,13 +779,11 @@ def main() -> None:
 
 
 def mxfp4_experts(model) -> None:
-    """Set every expert weight to its MXFP4 value (edgeport/export/mxfp4.py, as the cpu, vllm and onnx
+    """Set every expert weight to its MXFP4 value (edgeport/core/mxfp4.py, as the cpu, vllm and onnx
     exports quantize a BF16 gpt-oss) and freeze it. The rest then trains around that error, which the
     exports then do not add: tool training made these weights 3.5x more sensitive to it (Q4_K_M's KL
     0.0064 -> 0.022), enough to break harmony answers served that were well formed in fp32. The values
     are exact in bf16 and quantize back to themselves."""
-    from edgeport.export import mxfp4
-
     for name, p in model.named_parameters():
         if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
             w = p.detach().float().numpy()  # [E, in, out]; MXFP4 blocks run along `in`
