@@ -105,7 +105,8 @@ def test_cache_invalidated_by_source_and_calibration(cache, cal, tmp_path):
     _change_one_weight(MODELS / "tiny-llama", tmp_path / "changed-llama")
     _, changed = _export(tmp_path / "changed-llama", tmp_path / "changed", calibration=str(cal))
     other = tmp_path / "other.txt"
-    other.write_text(_text(3600, 6))
+    other.write_text(_text(7200, 5)[3600:])  # the text after cal's: another calibration whatever the files are
+    assert other.read_text() != cal.read_text()
     _, recal = _export(MODELS / "tiny-llama", tmp_path / "recal", calibration=str(other))
     assert len(calls) == 3
     ims = [m["quantization"]["imatrix"] for m in (base, changed, recal)]

@@ -160,8 +160,9 @@ def _refused(c, model: str, **kw) -> dict:
     return err
 
 
-@pytest.mark.parametrize("analysis", ["Need a sum.<|end|><|start|>assistant", "Need a sum."])
-def test_a_forced_call_after_a_channel_opened_inside_the_analysis_is_still_a_call(analysis):
+@pytest.mark.parametrize(("analysis", "last"), [("Need a sum.<|end|><|start|>assistant", ""), ("Need a sum.", ""),
+                                              ("Need a sum.<|end|>", "<|start|>assistant")])  # in the last piece
+def test_a_forced_call_after_a_channel_opened_inside_the_analysis_is_still_a_call(analysis, last):
     """The free analysis of a forced call stops where the model opens the commentary channel. The
     tool-trained tiny gpt-oss opened it inside its analysis, without `<|end|><|start|>assistant`: the
     header the front then wrote stayed in the analysis, and the call came back as reasoning text
@@ -169,11 +170,12 @@ def test_a_forced_call_after_a_channel_opened_inside_the_analysis_is_still_a_cal
     from edgeport.serving.constrained import COMMENTARY, _Free
     from edgeport.serving.engines import Piece
 
-    run = _Free(said=["<|channel|>analysis<|message|>", analysis], end=Piece("", "stop", 5, COMMENTARY))
+    run = _Free(said=["<|channel|>analysis<|message|>", analysis], end=Piece(last, "stop", 5, COMMENTARY))
     call = ' to=functions.add <|constrain|>json<|message|>{"a": 1, "b": 2}'
-    text = "".join(run.said) + run.lead() + COMMENTARY + call
+    text = "".join(run.said) + run.end.text + run.lead() + COMMENTARY + call
     assert parse_calls(text) == [("add", '{"a": 1, "b": 2}')]
     assert parse(text)[0] == "Need a sum."
+    assert text.count("<|start|>assistant") == 1  # one message opened, by the model or by the front
 
 
 def test_bad_tool_requests_are_openai_errors(served):

@@ -189,7 +189,7 @@ class _Free:
         """What comes before the header the front writes: nothing where the model stopped at the channel
         of a message it opened (`<|start|>assistant`); else the analysis is closed and a new message
         started (after a message ended, or at a channel written inside the analysis)."""
-        opened = "".join(self.said).rstrip().endswith(f"{START}assistant")
+        opened = ("".join(self.said) + self.end.text).rstrip().endswith(f"{START}assistant")
         return "" if self.end.stop_word in (FINAL_HEADER, COMMENTARY) and opened else f"{END}{START}assistant"
 
 
