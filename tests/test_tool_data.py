@@ -96,16 +96,13 @@ def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
     import torch
     from transformers import GptOssForCausalLM
 
-    from edgeport.core import mxfp4
-
     model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
 
     def round_trip_error(p: torch.Tensor) -> float:
         w = p.detach().float().numpy()
-        q = np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
-        return float(np.abs(q - w).max())
+        return float(np.abs(bt.mxfp4_values(w) - w).max())
 
-    experts = [p for n, p in model.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    experts = [p for n, p in model.named_parameters() if n.endswith(bt.EXPERTS)]
     assert len(experts) == 2 * model.config.num_hidden_layers
     assert max(round_trip_error(p) for p in experts) > 0
     bt.mxfp4_experts(model)

@@ -778,17 +778,23 @@ def main() -> None:
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
 
 
+EXPERTS = ("experts.gate_up_proj", "experts.down_proj")  # [E, in, out] parameters; MXFP4 blocks run along `in`
+
+
+def mxfp4_values(w: np.ndarray) -> np.ndarray:
+    """[E, in, out] expert weights as the exporters' MXFP4 codec stores them (edgeport/core/mxfp4.py)."""
+    return np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
+
+
 def mxfp4_experts(model) -> None:
-    """Set every expert weight to its MXFP4 value (edgeport/core/mxfp4.py, as the cpu, vllm and onnx
-    exports quantize a BF16 gpt-oss) and freeze it. The rest then trains around that error, which the
-    exports then do not add: tool training made these weights 3.5x more sensitive to it (Q4_K_M's KL
-    0.0064 -> 0.022), enough to break harmony answers served that were well formed in fp32. The values
-    are exact in bf16 and quantize back to themselves."""
+    """Set every expert weight to its MXFP4 value (as the cpu, vllm and onnx exports quantize a BF16
+    gpt-oss) and freeze it. The rest then trains around that error, which the exports then do not add:
+    tool training made these weights 3.5x more sensitive to it (Q4_K_M's KL 0.0064 -> 0.022), enough to
+    break harmony answers served that were well formed in fp32. The values are exact in bf16 and
+    quantize back to themselves."""
     for name, p in model.named_parameters():
-        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            w = p.detach().float().numpy()  # [E, in, out]; MXFP4 blocks run along `in`
-            q = np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
-            p.data.copy_(torch.from_numpy(q))
+        if name.endswith(EXPERTS):
+            p.data.copy_(torch.from_numpy(mxfp4_values(p.detach().float().numpy())))
             p.requires_grad_(False)
 
 
