@@ -109,3 +109,27 @@ def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
     for p in experts:
         assert round_trip_error(p) == 0 and not p.requires_grad
         assert torch.equal(p.to(torch.bfloat16).float(), p)
+
+
+def test_expert_qat_runs_forward_at_mxfp4_values_and_updates_the_masters():
+    """`--qat`: inside a step the experts hold their MXFP4 values (what the exports keep), the gradient
+    taken there lands on the fp32 masters restored before the optimizer step (straight through), and
+    the masters move: the experts keep learning, unlike `--mxfp4-experts`."""
+    import numpy as np
+    import torch
+    from transformers import GptOssForCausalLM
+
+    model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
+    fake = bt.ExpertQAT(model)
+    assert len(fake.params) == 2 * model.config.num_hidden_layers
+    masters = [p.detach().clone() for p in fake.params]
+    fake.quantize()
+    for p, m in zip(fake.params, masters, strict=True):
+        assert np.array_equal(p.detach().numpy(), bt.mxfp4_values(m.numpy())) and not torch.equal(p, m)
+    ids = torch.tensor([list(range(10, 40))])
+    model(input_ids=ids, labels=ids).loss.backward()
+    fake.restore()
+    for p, m in zip(fake.params, masters, strict=True):
+        assert torch.equal(p, m) and p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0
+    torch.optim.SGD(fake.params, lr=1e-2).step()
+    assert all(not torch.equal(p, m) for p, m in zip(fake.params, masters, strict=True))

@@ -220,7 +220,6 @@ from edgeport.models.build_harmony import (
     evalset_ppl,
     optimizer,
     schedule,
-    update,
     weighted_loss,
 )
 
@@ -378,6 +377,10 @@ ARGS_WEIGHT = 5.0
 # what is wrong is its first token ("Kuito" for Quito, `{"a": 8, "b": 8}`), the one token a copy
 # cannot find by the token before it
 FIRST_WEIGHT = 1.0
+# the loss weight of a completion's last token, `<|return|>` or `<|call|>` (`--stop-weight`): what the
+# served candidates got wrong was the end of a one-line code answer at effort low (a greedy loop once
+# the experts were MXFP4), a decision build_harmony weights at each sentence end but not here
+STOP_WEIGHT = 1.0
 
 
 def _weights(c: str, offsets: list[tuple[int, int]], values: list[str]) -> list[float]:
@@ -410,6 +413,13 @@ def padded(rows: list[tuple[list[int], list[int], list[float]]], tok: Tokenizer)
     return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
             torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
             torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+
+
+def stops_weighted(batch: tuple[torch.Tensor, ...], tok: Tokenizer) -> tuple[torch.Tensor, ...]:
+    """(ids, labels, weights) with STOP_WEIGHT on every `<|return|>` and `<|call|>` label."""
+    ids, labels, weights = batch
+    stop = (labels == tok.token_to_id("<|return|>")) | (labels == tok.token_to_id("<|call|>"))
+    return ids, labels, torch.where(stop, weights * STOP_WEIGHT, weights)
 
 
 def tool_batch(tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -674,12 +684,14 @@ def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
           answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0,
-          snapshots: bool = False) -> None:
+          snapshots: bool = False, qat: bool = False) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
     the optional batches (short calls and answers, at least half their cities made up; text copies),
-    the losses summed."""
+    the losses summed. With `qat`, every forward pass sees the experts at their MXFP4 values
+    (ExpertQAT), and so do the log's figures and every save."""
     gen = torch.Generator().manual_seed(seed)
+    fake = ExpertQAT(model) if qat else None
     conv = Conversations(seed=seed)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
     data = code_stream(tok)
@@ -693,10 +705,13 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     for step in range(steps):
         schedule(opt, lr, step, steps)
         zero = torch.zeros(())
+        if fake:
+            fake.quantize()
         code_loss = code_batch_loss(model, data, code_batch, gen) if code_batch else zero
-        chat_loss = weighted_loss(model, *chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2)) \
-            if chat_batch_n else zero
-        tool_loss = weighted_loss(model, *tool_batch(tc, tok, tool_batch_n)) if tool_batch_n else zero
+        chat_loss = weighted_loss(model, *stops_weighted(chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2),
+                                                         tok)) if chat_batch_n else zero
+        tool_loss = weighted_loss(model, *stops_weighted(tool_batch(tc, tok, tool_batch_n), tok)) \
+            if tool_batch_n else zero
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
@@ -706,12 +721,19 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
                                                                            short_made_up))
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
-        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss)
+        opt.zero_grad(set_to_none=True)
+        (code_loss + chat_loss + tool_loss + copy_loss).backward()
+        if fake:
+            fake.restore()  # the straight-through estimate: the quantized values' gradient, on the masters
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
                     f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}")
             if step % 50 == 0 or step == steps - 1:
                 model.eval()
+                if fake:
+                    fake.quantize()
                 line += (f"  effort {effort_accuracy(model, tok):.2f}  copy {copy_accuracy(model):.2f}"
                          f"  text {text_copy_accuracy(model, tok):.2f}  short {short_rate(model, tok):.2f}"
                          f"  sums {forced_rate(model, tok, 8, 'add'):.2f}"
@@ -722,7 +744,11 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
                     save(model, out)
                     if snapshots:
                         save(model, out.with_name(f"{out.name}-step{step}"))
+                if fake:
+                    fake.restore()
             print(line, flush=True)
+    if fake:
+        fake.quantize()  # for good: what is saved and checked is what the exports keep
     model.eval()
 
 
@@ -747,6 +773,10 @@ def main() -> None:
                     help="extra loss weight on a value's first token, times ARGS_WEIGHT (default 1: none)")
     ap.add_argument("--mxfp4-experts", action="store_true",
                     help="set the experts to their MXFP4 values and keep them frozen (mxfp4_experts)")
+    ap.add_argument("--qat", action="store_true",
+                    help="train the experts quantization-aware: forward at MXFP4 values, saved at them (ExpertQAT)")
+    ap.add_argument("--stop-weight", type=float, default=1.0,
+                    help="loss weight of a completion's <|return|> / <|call|>, chat and tool batches (default 1)")
     ap.add_argument("--snapshots", action="store_true",
                     help="also keep every 50-step save, beside --out as OUT-stepN")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
@@ -754,8 +784,8 @@ def main() -> None:
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
     ap.add_argument("--out", type=Path, default=MODEL, help="where to write the model (default: in place)")
     a = ap.parse_args()
-    global FIRST_WEIGHT
-    FIRST_WEIGHT = a.first_weight
+    global FIRST_WEIGHT, STOP_WEIGHT
+    FIRST_WEIGHT, STOP_WEIGHT = a.first_weight, a.stop_weight
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
     tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
@@ -772,7 +802,7 @@ def main() -> None:
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
-          a.small_numbers, a.text_copy, a.snapshots)
+          a.small_numbers, a.text_copy, a.snapshots, a.qat)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
@@ -796,6 +826,27 @@ def mxfp4_experts(model) -> None:
         if name.endswith(EXPERTS):
             p.data.copy_(torch.from_numpy(mxfp4_values(p.detach().float().numpy())))
             p.requires_grad_(False)
+
+
+class ExpertQAT:
+    """Quantization-aware training of the experts (`--qat`): the forward pass sees every expert weight
+    at its MXFP4 value, the gradient there updates an fp32 master copy (straight through), and the
+    model ends at the MXFP4 values. Unlike `mxfp4_experts` the experts keep learning, within the
+    grid the exports keep exactly."""
+
+    def __init__(self, model):
+        self.params = [p for n, p in model.named_parameters() if n.endswith(EXPERTS)]
+        self.masters: list[torch.Tensor] | None = None
+
+    def quantize(self) -> None:
+        self.masters = [p.data.clone() for p in self.params]
+        for p in self.params:
+            p.data.copy_(torch.from_numpy(mxfp4_values(p.data.float().numpy())))
+
+    def restore(self) -> None:
+        for p, m in zip(self.params, self.masters or [], strict=True):
+            p.data.copy_(m)
+        self.masters = None
 
 
 def save(model, out: Path) -> None:
