@@ -1,10 +1,11 @@
-"""Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls and the
-Hermes / Qwen `<tool_call>` blocks: edgeport/core/template_tools.py), through the real `openai` client
-and LangChain against `python -m edgeport.serving` over llama-server (GGUF) and the in-process ONNX
-runtime.
+"""Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls, the
+Hermes / Qwen `<tool_call>` blocks and Mistral's `[TOOL_CALLS]` arrays: edgeport/core/template_tools.py),
+through the real `openai` client and LangChain against `python -m edgeport.serving` over llama-server
+(GGUF) and the in-process ONNX runtime.
 
-The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja (Meta's format, cut down) or
-tests/templates/hermes-tools.jinja (Qwen 2.5's, with the Llama's turn tokens) as its chat template. It
+The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja (Meta's format, cut down),
+tests/templates/hermes-tools.jinja (Qwen 2.5's, with the Llama's turn tokens) or
+tests/templates/mistral-tools.jinja (Mistral 7B Instruct v0.3's, cut down) as its chat template. It
 was never taught to call tools, so a call it makes under `tool_choice` required
 or named is the constraint's doing; what it writes on its own under `auto` is read by the same parser,
 tested here on a scripted engine. Per engine and template: 21 forced calls (required and each tool, temperature 0
@@ -24,9 +25,10 @@ from tests.conftest import ROOT, asgi_server
 from tests.test_serving import _client, _model, server
 from tests.test_tools import HAIKU, SCHEMAS, TOOLS, _refused
 
-TEMPLATES = {name: ROOT / "tests" / "templates" / f"{name}-tools.jinja" for name in ("llama3", "hermes")}
+TEMPLATES = {name: ROOT / "tests" / "templates" / f"{name}-tools.jinja" for name in ("llama3", "hermes", "mistral")}
 LLAMA3 = call_format(TEMPLATES["llama3"].read_text())
 HERMES = call_format(TEMPLATES["hermes"].read_text())
+MISTRAL = call_format(TEMPLATES["mistral"].read_text())
 ROUND_TRIP = [{"role": "user", "content": "Weather in Paris?"},
               {"role": "assistant", "content": None,
                "tool_calls": [{"id": "call_1", "type": "function",
@@ -100,8 +102,10 @@ def test_tools_and_a_result_are_rendered_by_the_template(served):
     req = ChatRequest(model=model, messages=ROUND_TRIP, tools=TOOLS)
     cfg = json.loads((ROOT / "edgeport" / "models" / "tiny-llama" / "tokenizer_config.json").read_text())
     text = render_template(TEMPLATES[template].read_text(), template_messages(req.conversation()),
-                           bos_token=cfg.get("bos_token") or "", tools=template_tools(req.tool_plan()[0]))
-    result, key = {"llama3": ("ipython", "parameters"), "hermes": ("<tool_response>", "arguments")}[template]
+                           bos_token=cfg.get("bos_token") or "", eos_token=cfg.get("eos_token") or "",
+                           tools=template_tools(req.tool_plan()[0]))
+    result, key = {"llama3": ("ipython", "parameters"), "hermes": ("<tool_response>", "arguments"),
+                   "mistral": ("[TOOL_RESULTS]", "arguments")}[template]
     assert '"name": "get_weather"' in text and result in text and f'"{key}": {{"city": "Paris"}}' in text
     r = c.chat.completions.create(model=model, messages=ROUND_TRIP, tools=TOOLS, max_tokens=8, temperature=0)
     assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False).ids)
@@ -185,6 +189,11 @@ def _block(name: str, args: dict) -> str:
     return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
 
 
+def _array(*calls: tuple[str, dict], ids: bool = False) -> str:
+    return "[TOOL_CALLS] " + json.dumps([{"name": n, "arguments": a, **({"id": f"abc12345{i}"} if ids else {})}
+                                         for i, (n, a) in enumerate(calls)])
+
+
 PARIS, SUM = ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})
 
 
@@ -200,6 +209,13 @@ PARIS, SUM = ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})
     ("hermes", "<tool_call>\n{not json}\n</tool_call>", None, []),
     ("hermes", "Use <tool_ca", None, []),
     ("hermes", "It is sunny.", None, []),
+    ("mistral", _array(PARIS), "", [PARIS]),
+    ("mistral", _array(PARIS, SUM, ids=True), "", [PARIS, SUM]),  # parallel, with the ids Mistral writes
+    ("mistral", '[TOOL_CALLS]{"name": "add", "arguments": {"a": 1, "b": 2}}', None, []),  # not an array
+    ("mistral", _array(SUM, ("nope", {})), None, []),  # one unknown: all of it is text
+    ("mistral", "[TOOL_CALLS] [{not json}]", None, []),
+    ("mistral", "[1, 2] is a list.", None, []),
+    ("mistral", "It is sunny.", None, []),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 12 else None)
 def test_a_call_the_model_makes_on_its_own_is_read_streamed_or_not(template, said, content, calls):
     """`content` None: the message is all text (as written; around calls, whitespace aside)."""
@@ -254,6 +270,52 @@ def test_parallel_tool_calls_false_ends_a_hermes_message_at_its_first_call():
             assert r.parallel_tool_calls is (parallel is not False)
 
 
+def test_parallel_tool_calls_false_gives_the_first_call_of_a_mistral_array():
+    from edgeport.serving.app import Settings, create_app
+
+    with asgi_server(create_app(_scripted(_array(PARIS, SUM), "mistral"), Settings("m", 1, 0))) as url:
+        c = _client(url)
+        for parallel, want in ((None, [PARIS, SUM]), (False, [PARIS])):
+            kw = {} if parallel is None else {"parallel_tool_calls": parallel}
+            m = c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS, **kw).choices[0].message
+            assert [(t.function.name, json.loads(t.function.arguments)) for t in m.tool_calls] == want
+
+
+def test_mistral_ids_are_nine_characters_and_a_result_keeps_its_calls_id():
+    """Mistral's templates refuse call ids that are not 9 letters or digits (OpenAI's are `call_...`);
+    the front renders each as a 9-character id, the same for the call and for its result, and numbers
+    the calls of a history without ids (`edgeport chat`)."""
+    from edgeport.core.chat import render_template
+    from edgeport.core.template_tools import template_messages
+    from edgeport.serving.protocol import ChatRequest
+
+    msgs = template_messages(ChatRequest(model="m", messages=ROUND_TRIP, tools=TOOLS).conversation())
+    call_id = msgs[1]["tool_calls"][0]["id"]
+    assert len(call_id) == 9 and call_id.isalnum() and msgs[2]["tool_call_id"] == call_id
+    text = render_template(TEMPLATES["mistral"].read_text(), msgs, tools=[])
+    assert f'"id": "{call_id}"}}]' in text and f'"call_id": "{call_id}"}}[/TOOL_RESULTS]' in text
+    plain = [{"role": "user", "content": "2+3 and 1+1?"},
+             {"role": "assistant", "content": "", "tool_calls": [{"name": "add", "arguments": '{"a": 2, "b": 3}'},
+                                                                 {"name": "add", "arguments": '{"a": 1, "b": 1}'}]},
+             {"role": "tool", "name": "add", "content": "5"}, {"role": "tool", "name": "add", "content": "2"}]
+    got = template_messages(plain)
+    assert [r["tool_call_id"] for r in got[2:]] == [c["id"] for c in got[1]["tool_calls"]]
+    assert len({c["id"] for c in got[1]["tool_calls"]}) == 2
+
+
+def test_a_template_that_raises_is_a_400_with_its_message():
+    """transformers gives templates `raise_exception`; what they say with it is the client's 400, not a 500."""
+    from edgeport.runtimes.base import ModelInfo
+    from edgeport.serving.app import Settings, create_app
+
+    engine = _scripted("Hi.", "mistral")
+    engine.info = ModelInfo(architecture="llama", chat_format="template",
+                            chat_template="{{ raise_exception('roles must alternate') }}")
+    with asgi_server(create_app(engine, Settings("m", 1, 0))) as url:
+        err = _refused(_client(url), "m")
+        assert err["param"] == "messages" and "roles must alternate" in err["message"]
+
+
 def test_a_hermes_block_streams_text_until_it_opens_and_a_forced_one_is_continued():
     s = TemplateCallStream(HERMES, {"add"})
     assert s.feed("Sure <tool").content == "Sure " and not s.feed("_ca")  # maybe a marker: held
@@ -269,11 +331,12 @@ def test_a_hermes_block_streams_text_until_it_opens_and_a_forced_one_is_continue
 
 
 def test_only_known_call_formats_are_rendered_with_tools():
-    mistral = "{% for t in tools %}{{ t | tojson }}{% endfor %}[TOOL_CALLS]{{ messages[0].content }}"
-    assert call_format(mistral) is None  # declares tools, in a format the front does not read
+    other = "{% for t in tools %}{{ t | tojson }}{% endfor %}<function_calls>{{ messages[0].content }}"
+    assert call_format(other) is None  # declares tools, in a format the front does not read
     assert call_format((ROOT / "edgeport" / "models" / "tiny-llama" / "chat_template.jinja").read_text()) is None
     assert LLAMA3 is not None and LLAMA3.name == "llama3_json"
     assert HERMES is not None and HERMES.name == "hermes" and HERMES.forced_prefix == "<tool_call>\n"
+    assert MISTRAL is not None and MISTRAL.name == "mistral" and MISTRAL.forced_prefix == "[TOOL_CALLS]"
 
 
 def test_the_onnx_engine_ends_an_integer_where_llama_cpp_does():

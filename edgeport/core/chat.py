@@ -33,10 +33,17 @@ def render_template(template: str, messages: Sequence[dict | Message], *, bos_to
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise  # as transformers' apply_chat_template defines it
     msgs = [dict(m) if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
     return env.from_string(template).render(
         messages=msgs, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token,
         reasoning_effort=normalize_effort(effort), tools=tools or None)
+
+
+def _raise(message: str):
+    from jinja2 import TemplateError
+
+    raise TemplateError(message)
 
 
 def _tojson(x, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:

@@ -10,6 +10,10 @@ JSON schema that forces one (`tool_choice` required or named, enforced as any `r
 - `llama3_json` (Llama 3.1-3.3, Meta's template, "Environment: ipython"): the assistant's whole
   message is `{"name": "add", "parameters": {"a": 1, "b": 2}}` (sometimes after `<|python_tag|>`), a
   result comes back as an `ipython` turn; one call per message.
+- `mistral` (Mistral 7B Instruct v0.3, Mixtral 8x22B and the templates with `[AVAILABLE_TOOLS]`): the
+  whole message is `[TOOL_CALLS] [{"name": "add", "arguments": {"a": 1, "b": 2}}, ...]`, any number of
+  calls in the array, each perhaps with an "id"; results come back in `[TOOL_RESULTS]` with the call's id,
+  which these templates insist is 9 letters or digits (`template_messages` makes them so).
 
 A template that declares tools in any other way is refused (a 400 naming it), never rendered with tools
 the front cannot read back.
@@ -31,16 +35,19 @@ class CallFormat:
     prefixes: tuple[str, ...]  # what a call message may start with, before its JSON object
     args_keys: tuple[str, ...]  # where the arguments are, in the order tried (the first is written)
     block: tuple[str, str] | None = None  # calls as blocks between these markers, any number; else the
-    # whole message is one call
+    # whole message is one call, or with `array` a JSON array of calls
+    array: bool = False
+    extra_keys: tuple[str, ...] = ()  # what else a call object may hold (Mistral's "id")
 
     @property
     def forced_prefix(self) -> str:
         """What the prompt ends with when a call is forced, so the schema-bound JSON is the call's."""
-        return f"{self.block[0]}\n" if self.block else ""
+        return f"{self.block[0]}\n" if self.block else self.prefixes[0] if self.array else ""
 
 
 # In the order tried: the first whose marker the template holds is its format.
 FORMATS = (
+    CallFormat("mistral", ("[TOOL_CALLS]",), ("[TOOL_CALLS]",), ("arguments",), array=True, extra_keys=("id",)),
     CallFormat("hermes", ("<tool_call>",), (), ("arguments",), ("<tool_call>", "</tool_call>")),
     CallFormat("llama3_json", ("<|python_tag|>", "ipython", '"parameters"'), ("<|python_tag|>",),
                ("parameters", "arguments")),
@@ -75,19 +82,37 @@ def why_no_tools(template: str | None) -> str:
 
 
 def template_messages(messages: list[dict]) -> list[dict]:
-    """The front's conversation (calls as {"name", "arguments": JSON text}) as chat templates take it:
-    calls as {"type": "function", "function": {"name", "arguments": object}}, a result as role `tool`."""
-    out = []
-    for m in messages:
+    """The front's conversation (calls as {"name", "arguments": JSON text}, perhaps an "id") as chat
+    templates take it: calls as {"id", "type": "function", "function": {"name", "arguments": object}}, a
+    result as role `tool` with its call's `tool_call_id`. Ids are made 9 letters and digits (Mistral's
+    templates refuse others), the same for a call and its result; where the conversation has none
+    (`edgeport chat`), the calls are numbered and each result answers the next unanswered call."""
+    out: list[dict] = []
+    pending: list[str] = []
+    for n, m in enumerate(messages):
         d = {"role": m["role"], "content": m["content"]}
         if m.get("tool_calls"):
-            d["tool_calls"] = [{"type": "function",
+            d["tool_calls"] = [{"id": short_id(c.get("id") or f"{n}.{k}"), "type": "function",
                                 "function": {"name": c["name"], "arguments": _loads(c["arguments"])}}
-                               for c in m["tool_calls"]]
+                               for k, c in enumerate(m["tool_calls"])]
+            pending = [c["id"] for c in d["tool_calls"]]
         if m["role"] == "tool":
             d["name"] = m.get("name")
+            given = m.get("tool_call_id")
+            d["tool_call_id"] = short_id(given) if given else pending[0] if pending else short_id(f"{n}")
+            if d["tool_call_id"] in pending:
+                pending.remove(d["tool_call_id"])
         out.append(d)
     return out
+
+
+def short_id(call_id: str) -> str:
+    """A call id as 9 letters and digits, the same for the same id."""
+    import hashlib
+
+    digits = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(alphabet[(digits // 62**i) % 62] for i in range(9))
 
 
 def _loads(text: str):
@@ -103,28 +128,39 @@ def template_tools(tools: list[dict]) -> list[dict]:
 
 
 def forced_schema(fmt: CallFormat, tools: list[dict]) -> dict:
-    """The JSON schema of a message that calls one of `tools` (their parameters enforced)."""
+    """The JSON schema of a message that calls one of `tools` (their parameters enforced); for an array
+    format, an array of exactly one such call (a forced call is one call, as in harmony)."""
     key = fmt.args_keys[0]
     one = [{"type": "object", "properties": {"name": {"const": t["name"]},
                                              key: t.get("parameters") or {"type": "object", "properties": {}}},
             "required": ["name", key], "additionalProperties": False} for t in tools]
-    return one[0] if len(one) == 1 else {"anyOf": one}
+    call = one[0] if len(one) == 1 else {"anyOf": one}
+    return {"type": "array", "items": call, "minItems": 1, "maxItems": 1} if fmt.array else call
 
 
 def parse_call(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, str] | None:
     """(name, arguments as JSON text) when `text` (with any of the format's prefixes) is exactly a call
     to one of `names`; else None."""
+    obj = _body(fmt, text)
+    return _call(fmt, obj, names) if isinstance(obj, dict) else None
+
+
+def _body(fmt: CallFormat, text: str):
+    """The JSON value of a whole message after any of the format's prefixes; None if it is not JSON."""
     body = text.strip()
     for p in fmt.prefixes:
         body = body.removeprefix(p).lstrip()
     try:
-        obj = json.loads(body)
+        return json.loads(body)
     except json.JSONDecodeError:
         return None
+
+
+def _call(fmt: CallFormat, obj, names: set[str]) -> tuple[str, str] | None:
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
     args = next((obj[k] for k in fmt.args_keys if k in obj), {})
-    if not isinstance(args, dict) or set(obj) - {"name", *fmt.args_keys}:
+    if not isinstance(args, dict) or set(obj) - {"name", *fmt.args_keys, *fmt.extra_keys}:
         return None
     return obj["name"], json.dumps(args)
 
@@ -133,6 +169,10 @@ def read_message(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, list
     """A whole assistant message as (content, calls). Every call must parse and name an offered tool,
     or the message is all content: never half a message's calls. A block format's last block may
     lack its closing marker (the model stopped right after its JSON)."""
+    if fmt.array:
+        obj = _body(fmt, text)
+        calls = [_call(fmt, c, names) for c in obj] if isinstance(obj, list) else []
+        return ("", calls) if calls and None not in calls else (text, [])
     if fmt.block is None:
         call = parse_call(fmt, text, names)
         return ("", [call]) if call else (text, [])
@@ -149,10 +189,12 @@ class TemplateCallStream:
     until the message ends, then given as calls when `read_message` finds them, else as the content it
     is; the rest streams as it comes. Whole-message formats hold a message that starts with `{` or a
     prefix; block formats stream text until a block opens (and a tail that may be its marker's start).
-    `forced`: the prompt ended with the format's forced_prefix, which the model's text continues."""
+    `forced`: the prompt ended with the format's forced_prefix, which the model's text continues.
+    `parallel` False: one call at most (an array format's first; a block format's message is ended at
+    its first block by a stop string instead)."""
 
-    def __init__(self, fmt: CallFormat, names: set[str], forced: bool = False):
-        self.fmt, self.names = fmt, names
+    def __init__(self, fmt: CallFormat, names: set[str], forced: bool = False, parallel: bool = True):
+        self.fmt, self.names, self.parallel = fmt, names, parallel
         self.held = fmt.forced_prefix if forced else ""  # what may still be (or hold) a call
         self.decided = False  # it is not a call: text streams on as content
 
@@ -179,6 +221,7 @@ class TemplateCallStream:
         if self.decided or not text:
             return Delta(content=text)
         content, calls = read_message(self.fmt, text, self.names)
+        calls = calls if self.parallel else calls[:1]
         return Delta(content=content, calls=[CallDelta(i, n, a) for i, (n, a) in enumerate(calls)])
 
 

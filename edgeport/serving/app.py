@@ -21,6 +21,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
 from starlette.types import Receive, Scope, Send
 
 from edgeport.core.chat import render_template
@@ -227,9 +228,13 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
         if with_tools and (fmt := call_format(info.chat_template)) is None:
             raise APIError(400, f"tools: {why_no_tools(info.chat_template)}", param="tools",
                            code="unsupported_tools")
-        text = render_template(info.chat_template, template_messages(msgs) if fmt else msgs,
-                               bos_token=info.bos_token, eos_token=info.eos_token, effort=req.reasoning_effort,
-                               tools=template_tools(offered) if fmt else None)
+        try:
+            text = render_template(info.chat_template, template_messages(msgs) if fmt else msgs,
+                                   bos_token=info.bos_token, eos_token=info.eos_token, effort=req.reasoning_effort,
+                                   tools=template_tools(offered) if fmt else None)
+        except TemplateError as e:  # the template's own raise_exception: what it says of these messages
+            raise APIError(400, f"this model's chat template refused the messages: {e}", param="messages",
+                           code="invalid_value") from None
     schema = await _schema(engine, req)
     await _check_forced(engine, req, forced)
     if fmt is not None and forced:  # the message is the call (after the block's opening): under its schema
@@ -241,7 +246,8 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
         stops.append(fmt.block[1])  # one call: the message ends where its block closes
     gen = await _generation(engine, req, text, extra_stops=stops)
     gen.json_schema = schema
-    calls = TemplateCallStream(fmt, {t["name"] for t in offered}, forced=bool(forced)) if fmt and offered else None
+    calls = TemplateCallStream(fmt, {t["name"] for t in offered}, forced=bool(forced),
+                               parallel=req.parallel_tool_calls is not False) if fmt and offered else None
     if forced and harmony:  # a call the model must make: constrained, not hoped for
         return gen, harmony_tool_call(engine, gen, forced), None
     if harmony and schema is not None:  # gpt-oss: only the final answer is bound by the schema

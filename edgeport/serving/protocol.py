@@ -199,7 +199,7 @@ class ChatRequest(_Sampling):
         for i, m in enumerate(self.messages):
             d: dict[str, Any] = {"role": m.role, "content": m.text()}
             if m.tool_calls:
-                d["tool_calls"] = [{"name": c.function.name, "arguments": c.function.arguments}
+                d["tool_calls"] = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
                                    for c in m.tool_calls]
                 names.update({c.id: c.function.name for c in m.tool_calls})
             if m.role == "tool":
@@ -209,7 +209,7 @@ class ChatRequest(_Sampling):
                 if m.tool_call_id not in names:
                     raise APIError(400, f"messages.{i}.tool_call_id {m.tool_call_id!r} answers no earlier tool call "
                                         "in messages", param=f"messages.{i}.tool_call_id", code="invalid_value")
-                d["name"] = names[m.tool_call_id]
+                d["name"], d["tool_call_id"] = names[m.tool_call_id], m.tool_call_id
             out.append(d)
         return out
 
