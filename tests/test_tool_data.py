@@ -88,10 +88,20 @@ def test_the_text_copy_task_trains_on_the_second_copy_only(tok):
         assert sum(x > 0 for x in w) == len(done)
 
 
+def _off_grid(params) -> None:
+    """Seeded noise on weights, so that they are not MXFP4 values whatever they were."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=gen) * 1e-2)
+
+
 def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
     """`--mxfp4-experts`: each expert weight becomes its MXFP4 value, which bf16 (the saved weights) holds
     exactly and the exporters' quantizer maps back to itself, so an export adds no expert error; frozen.
-    The bundled weights themselves are not such values (the check below fails on them)."""
+    The weights are moved off that grid first (a model saved by `--qat` is on it already)."""
     import numpy as np
     import torch
     from transformers import GptOssForCausalLM
@@ -104,6 +114,7 @@ def test_mxfp4_experts_sets_values_every_export_keeps_and_freezes_them():
 
     experts = [p for n, p in model.named_parameters() if n.endswith(bt.EXPERTS)]
     assert len(experts) == 2 * model.config.num_hidden_layers
+    _off_grid(experts)
     assert max(round_trip_error(p) for p in experts) > 0
     bt.mxfp4_experts(model)
     for p in experts:
@@ -122,6 +133,7 @@ def test_expert_qat_runs_forward_at_mxfp4_values_and_updates_the_masters():
     model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
     fake = bt.ExpertQAT(model)
     assert len(fake.params) == 2 * model.config.num_hidden_layers
+    _off_grid(fake.params)
     masters = [p.detach().clone() for p in fake.params]
     fake.quantize()
     for p, m in zip(fake.params, masters, strict=True):
@@ -133,3 +145,4 @@ def test_expert_qat_runs_forward_at_mxfp4_values_and_updates_the_masters():
         assert torch.equal(p, m) and p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0
     torch.optim.SGD(fake.params, lr=1e-2).step()
     assert all(not torch.equal(p, m) for p, m in zip(fake.params, masters, strict=True))
+

@@ -26,9 +26,10 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
     python -m edgeport.models.build_tools --steps 800 --out /tmp/tools3   # ~20 min on 2 cores
     python -m edgeport.models.build_tools --check-only [--init DIR]       # a model's figures (slow)
 
-Status (2026-12-06): not met; no tool-trained weights are committed. The best candidates: 18/40 held-out
-calls right and 40/40 answers from the result, harmony well formed in fp32 but not once served with MXFP4
-experts; 26/40 with harmony broken (see the end). The one full
+Status (2026-12-06): not met; no tool-trained weights are committed. The best candidate (the eighth
+session's, experts trained quantization-aware with `--qat`), served from its Q4_K_M GGUF: the right tool
+with schema-valid arguments 37/40 held out, the whole call right 32/40, answers from the result 26/40;
+but one two-turn harmony eval prompt becomes a weather call once served (see the end). The one full
 run of the first session (250 steps without the copy task, seed 0, lr 3e-3, batches code 2 / chat 4 /
 tool 8) kept the effort lookup and learned the call's shape and mostly which tool, but not to copy a
 value: the numbers and cities came out as frequent guesses, 0/40 held-out calls right (1/20 training
@@ -186,6 +187,47 @@ No weights shipped. What breaks is the one-line code answer's end at low effort 
 this 5M model holds only narrowly; the mixtures that teach copying move it. Next: train with the
 experts frozen at MXFP4 from the start of a run (mix4's), and weight the final's `<|return|>` in the
 tool runs' chat batches as build_harmony weights its stop decisions.
+
+The eighth session (2026-12-06, AMD EPYC, 2 cores) trained every expert quantization-aware from the start
+(`--qat`, ExpertQAT: the forward pass at the experts' MXFP4 values, the gradient on fp32 masters, saved
+at the MXFP4 values, so the exports add no expert error) and weighted each completion's `<|return|>` /
+`<|call|>` 10x (`--stop-weight`). From the committed model, each run from the previous one's output:
+
+    python -m edgeport.models.build_tools --steps 900 --lr 1e-3 --code-batch 0 --chat-batch 0 --tool-batch 0 \
+        --copy-batch 32 --text-copy 32 --qat --out /tmp/run/qa                    # 16 min (beside a build)
+    python -m edgeport.models.build_tools --init /tmp/run/qa --seed 1 --steps 700 --lr 1e-3 --code-batch 0 \
+        --chat-batch 0 --tool-batch 0 --copy-batch 0 --text-copy 48 --qat --out /tmp/run/qt   # 6 min
+    python -m edgeport.models.build_tools --init /tmp/run/qt --seed 3 --steps 800 --lr 1e-3 --code-batch 4 \
+        --chat-batch 12 --tool-batch 8 --made-up 1.0 --small-numbers 0.3 --copy-batch 4 --text-copy 16 \
+        --short-batch 24 --answer-batch 12 --qat --stop-weight 10 --first-weight 3 --out /tmp/run/qb   # 57 min
+
+The first grew the random-token copy (0.00 -> 1.00 by step 350); the second the text copy (the log's
+whole-line `text` 0.00 -> 0.72). `--check-only --init /tmp/run/qb` (its experts already MXFP4, so this is
+what the exports run): held-out calls right 35/40 (sums 19/20, weather 16/20: "Hefore" for Helsinki
+three times, "Kyoto right now" once), answers from the result 26/40, code questions with tools offered
+answered without a call 8/8, eval-set perplexity 34.8, the effort kept (5 / 22 / 62 words), but one
+harmony eval prompt of 8 broken at every effort: the two-turn one ("Now write a function called
+rotate_grid.", no tools declared) got a weather call's analysis ("The user wants the weather in rawa").
+150 more steps with twice the harmony conversations at a fifth of the lr:
+
+    python -m edgeport.models.build_tools --init /tmp/run/qb --seed 7 --steps 150 --lr 2e-4 --code-batch 4 \
+        --chat-batch 24 --tool-batch 8 --made-up 1.0 --small-numbers 0.3 --copy-batch 2 --text-copy 4 \
+        --short-batch 8 --answer-batch 8 --qat --stop-weight 10 --first-weight 3 --snapshots --out /tmp/run/qd
+
+Its step-100 save: in process 32/40 calls right, 26/40 answers, 8/8 code questions without a call, all 24
+harmony answers well formed (5 / 22 / 62 words). Served from its Q4_K_M GGUF (the export's quantization
+KL 0.0045, top-1 0.951: lower than the committed weights' 0.0064, since the experts no longer add any;
+vllm's 2.5e-14) through tests/test_tool_model.py, measured once: the right tool with schema-valid
+arguments 37/40, the whole call right 32/40 (16 sums, 16 cities), answers from the result 26/40, and
+LangChain's agent loop right on both tools. Not shipped: Q4_K_M's other tensors tip the same two-turn
+prompt back into a weather call at effort low (tests/test_harmony_model.py fails over GGUF; over ONNX it
+passed), a code question with tools gets a call's analysis and no content, and under `tool_choice`
+required that prompt's free analysis loops ("get_grid.add_grid.add…") until max_tokens, so no call is
+forced. The final save (step 149) broke the two-turn prompt again in process. Candidates and logs:
+~/.cache/edgeport/tool-candidates/ on that machine. Next: more two-turn harmony conversations without
+tools in the tool runs (the eval's failing prompt has a previous turn; the tool questions after a
+previous turn taught "a second turn -> a call"), and, in the front, an end to the free analysis under a
+forced call before max_tokens runs out (the front's guarantee should not rest on the model ending it).
 """
 
 from __future__ import annotations
