@@ -21,6 +21,7 @@ the front cannot read back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -108,8 +109,6 @@ def template_messages(messages: list[dict]) -> list[dict]:
 
 def short_id(call_id: str) -> str:
     """A call id as 9 letters and digits, the same for the same id."""
-    import hashlib
-
     digits = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return "".join(alphabet[(digits // 62**i) % 62] for i in range(9))

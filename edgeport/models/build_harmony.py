@@ -332,9 +332,13 @@ def code_batch_loss(model, data: torch.Tensor, n: int, gen: torch.Generator) -> 
     return model(input_ids=code, labels=code).loss
 
 
-def update(model, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def update(model, opt: torch.optim.Optimizer, loss: torch.Tensor, before_step=None) -> None:
+    """One optimizer step on `loss`; `before_step` runs between the backward pass and the step
+    (build_tools' ExpertQAT puts the fp32 masters back there)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if before_step:
+        before_step()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 

@@ -262,6 +262,7 @@ from edgeport.models.build_harmony import (
     evalset_ppl,
     optimizer,
     schedule,
+    update,
     weighted_loss,
 )
 
@@ -763,12 +764,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
                                                                            short_made_up))
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
-        opt.zero_grad(set_to_none=True)
-        (code_loss + chat_loss + tool_loss + copy_loss).backward()
-        if fake:
-            fake.restore()  # the straight-through estimate: the quantized values' gradient, on the masters
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        # with `qat`, the masters are back before the step: the quantized values' gradient, on the masters
+        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss, fake.restore if fake else None)
         if step % 25 == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
                     f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}")
@@ -858,16 +855,19 @@ def mxfp4_values(w: np.ndarray) -> np.ndarray:
     return np.stack([mxfp4.dequantize(*mxfp4.quantize(np.ascontiguousarray(e.T))).T for e in w])
 
 
+def expert_params(model) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if n.endswith(EXPERTS)]
+
+
 def mxfp4_experts(model) -> None:
     """Set every expert weight to its MXFP4 value (as the cpu, vllm and onnx exports quantize a BF16
     gpt-oss) and freeze it. The rest then trains around that error, which the exports then do not add:
     tool training made these weights 3.5x more sensitive to it (Q4_K_M's KL 0.0064 -> 0.022), enough to
     break harmony answers served that were well formed in fp32. The values are exact in bf16 and
     quantize back to themselves."""
-    for name, p in model.named_parameters():
-        if name.endswith(EXPERTS):
-            p.data.copy_(torch.from_numpy(mxfp4_values(p.detach().float().numpy())))
-            p.requires_grad_(False)
+    for p in expert_params(model):
+        p.data.copy_(torch.from_numpy(mxfp4_values(p.detach().float().numpy())))
+        p.requires_grad_(False)
 
 
 class ExpertQAT:
@@ -877,7 +877,7 @@ class ExpertQAT:
     grid the exports keep exactly."""
 
     def __init__(self, model):
-        self.params = [p for n, p in model.named_parameters() if n.endswith(EXPERTS)]
+        self.params = expert_params(model)
         self.masters: list[torch.Tensor] | None = None
 
     def quantize(self) -> None:
