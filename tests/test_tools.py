@@ -252,3 +252,71 @@ def test_engines_that_cannot_force_calls_or_render_tools_say_so():
                 assert _refused(c, "m", tools=TOOLS, tool_choice="required")["code"] == "unsupported_tool_choice"
             else:
                 assert _refused(c, "m", tools=TOOLS)["code"] == "unsupported_tools"
+
+
+def _looping():
+    """An engine that constrains and whose analysis never ends: free, it writes "again" until its
+    max_tokens; under a grammar it writes the first name, under a schema an object that fits it (what
+    llama-server's grammar or llguidance would let through; here the front's phases are on trial)."""
+    from edgeport.runtimes.base import ModelInfo
+    from edgeport.serving.engines import Engine, Piece
+
+    class Looping(Engine):
+        name = "scripted"
+        constrains = True
+
+        async def tokenize(self, text: str) -> list[int]:
+            return [1] * len(text.split())
+
+        async def generate(self, gen):
+            if gen.grammar is not None:
+                yield Piece(gen.grammar.split('"')[1])
+                yield Piece("", "stop", 1)
+            elif gen.json_schema is not None:
+                args = {"city": "Paris"} if "city" in gen.json_schema["properties"] else {"a": 1, "b": 2}
+                yield Piece(json.dumps(args))
+                yield Piece("", "stop", 1)
+            else:
+                yield Piece("<|channel|>analysis<|message|>")
+                for _ in range(gen.max_tokens - 1):
+                    yield Piece(" again")
+                yield Piece("", "length", gen.max_tokens)
+
+    return Looping(ModelInfo(architecture="x", chat_format="harmony"), n_ctx=600, slots=1)
+
+
+@pytest.mark.parametrize("max_tokens", [60, None])
+def test_a_forced_call_or_schema_answer_survives_an_analysis_that_never_ends(max_tokens):
+    """The served tiny gpt-oss candidate of session 11 looped in its analysis under `required` until
+    max_tokens, so no call was forced: the free phase spent every token. The front keeps a reserve
+    for the constrained part and cuts the analysis there."""
+    from edgeport.serving.app import Settings, create_app
+
+    with asgi_server(create_app(_looping(), Settings("m", 1, 0))) as url:
+        c = _client(url)
+        for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+            r = c.chat.completions.create(model="m", messages=HAIKU, tools=TOOLS, tool_choice=choice,
+                                          max_tokens=max_tokens)
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls", ch
+            assert ch.message.model_extra["reasoning_content"].startswith(" again again")
+            _valid(ch.message.tool_calls[0])
+            assert r.usage.completion_tokens <= (max_tokens or 600)
+        fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER, "strict": True}}
+        r = c.chat.completions.create(model="m", messages=HAIKU, response_format=fmt, max_tokens=max_tokens)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), WEATHER)
+
+
+@pytest.mark.parametrize("said", [[], ["<|channel|>analysis"], ["<|channel|>analysis<|message|>", "Need"]])
+def test_a_call_after_an_analysis_the_reserve_cut_anywhere_is_still_a_call(said):
+    """The reserve can cut the free analysis before its first token, inside its header or inside its
+    text: what the front writes next still makes a well-formed call."""
+    from edgeport.serving.constrained import COMMENTARY, _Free
+    from edgeport.serving.engines import Piece
+
+    run = _Free(said=said, end=Piece("", "length", 3), reserved=True)
+    assert not run.over([])
+    text = "".join(said) + run.lead() + COMMENTARY + ' to=functions.add <|constrain|>json<|message|>{"a": 1}'
+    assert parse_calls(text) == [("add", '{"a": 1}')]
+    assert text.count("<|start|>assistant") == (1 if said else 0)

@@ -20,6 +20,12 @@ ONNX runtime continues from its kept KV cache (runtime.keep_prefix). A forced fu
 call (`tool_choice` required or named) is the same: the analysis free, then the call's header
 `<|channel|>commentary to=functions.` written for the model, the name decoded under a grammar of the
 offered names, and the arguments under that function's parameters schema.
+
+The free analysis may not spend every token: it stops RESERVE tokens (at most half of max_tokens)
+short, where the front closes it and goes on to the constrained part. A model whose reasoning never
+ends (seen on a served tiny gpt-oss candidate, looping until max_tokens) still yields the forced call
+or the schema's answer, after a cut analysis; what the constrained part itself writes must fit the
+reserve, or the completion ends with finish_reason "length" as any other.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ STRUCTURE = frozenset({"type", "enum", "const", "anyOf", "$ref", "properties", "
                        "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength", "format"})
 INT_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 FORMATS = ("date", "time", "date-time", "uuid")
+RESERVE = 256  # tokens the free analysis leaves to the constrained part (at most half of max_tokens)
 WHY = {
     "oneOf": "its alternatives are decoded as anyOf, so exclusivity is not enforced; use anyOf",
     "allOf": "llama.cpp merges only object and enum members of allOf",
@@ -180,22 +187,37 @@ class _Free:
 
     said: list[str] = dataclasses.field(default_factory=list)
     end: Piece = dataclasses.field(default_factory=lambda: Piece(finish_reason="stop"))
+    reserved: bool = False  # the free part's max_tokens kept RESERVE back for the constrained part
 
     def over(self, user_stops: list[str]) -> bool:
-        """The completion ends here (out of tokens, or at the client's own stop string)."""
-        return self.end.finish_reason == "length" or bool(self.end.stop_word and self.end.stop_word in user_stops)
+        """The completion ends here (out of tokens, not only the free part's, or at the client's own
+        stop string)."""
+        out = self.end.finish_reason == "length" and not self.reserved
+        return out or bool(self.end.stop_word and self.end.stop_word in user_stops)
 
     def lead(self) -> str:
         """What comes before the header the front writes: nothing where the model stopped at the channel
-        of a message it opened (`<|start|>assistant`); else the analysis is closed and a new message
-        started (after a message ended, or at a channel written inside the analysis)."""
-        opened = ("".join(self.said) + self.end.text).rstrip().endswith(f"{START}assistant")
-        return "" if self.end.stop_word in (FINAL_HEADER, COMMENTARY) and opened else f"{END}{START}assistant"
+        of a message it opened (`<|start|>assistant`), or wrote nothing; else the analysis is closed (its
+        header first, if the reserve cut it there) and a new message started (after a message ended, at
+        a channel written inside the analysis, or where the reserve cut it)."""
+        text = "".join(self.said) + self.end.text
+        if not text or (self.end.stop_word in (FINAL_HEADER, COMMENTARY) and text.rstrip().endswith(
+                f"{START}assistant")):
+            return ""
+        return f"{'' if MESSAGE in text else MESSAGE}{END}{START}assistant"
+
+
+def free_budget(max_tokens: int) -> int:
+    """The free analysis's max_tokens: RESERVE (at most half) kept for what is decoded under the constraint."""
+    return max_tokens - min(RESERVE, max_tokens // 2)
 
 
 async def _reason(engine: Engine, gen: Generation, user_stops: list[str], run: _Free) -> AsyncIterator[Piece]:
-    """The model's analysis, free, until it opens the final or commentary channel or ends a message."""
-    free = dataclasses.replace(gen, json_schema=None, grammar=None, stop=[*user_stops, *ANSWER_ENDS, COMMENTARY])
+    """The model's analysis, free, until it opens the final or commentary channel, ends a message or
+    reaches its budget (free_budget)."""
+    free = dataclasses.replace(gen, json_schema=None, grammar=None, stop=[*user_stops, *ANSWER_ENDS, COMMENTARY],
+                               max_tokens=free_budget(gen.max_tokens))
+    run.reserved = free.max_tokens < gen.max_tokens
     async with contextlib.aclosing(_phase(engine, free)) as pieces:
         async for p in pieces:
             if p.finish_reason is None:
