@@ -170,3 +170,34 @@ def test_chat_bad_tools_file_is_one_line(exported, tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_a_template_that_refuses_a_turn_is_one_line_and_the_chat_goes_on(monkeypatch, capsys):
+    """A chat template's raise_exception (transformers gives templates one) was a Jinja traceback that
+    ended `edgeport chat`; it is the template's message, and the turn is dropped from the history."""
+    import contextlib
+    import io
+
+    from edgeport.runtimes.base import ModelInfo, Runtime
+    from edgeport.serving import chat
+
+    seen: list[int] = []  # the history's length at each turn the template took
+
+    class OneTurn:  # a runtime whose template takes one user message only, rendered as every runtime renders it
+        name = "scripted"
+        info = ModelInfo(architecture="llama", chat_format="template", chat_template=(
+            "{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}"
+            "{{ messages[0].content }}"))
+        format_prompt = Runtime.format_prompt
+
+        def stream(self, history, **kw):
+            self.format_prompt(history)
+            seen.append(len(history))
+            return iter(["Hi."])
+
+    monkeypatch.setattr(chat.runtimes, "load", lambda artifact: contextlib.nullcontext(OneTurn()))
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nagain\n/reset\nonce more\n/exit\n"))
+    chat.chat("x")
+    out = capsys.readouterr().out
+    assert out.count("error: this model's chat template refused the messages: one message only") == 1
+    assert seen == [1, 1]  # after the refusal the history held the first turn only; after /reset, none

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import TemplateRefused
 from .harmony import normalize_effort
 
 
@@ -41,9 +42,7 @@ def render_template(template: str, messages: Sequence[dict | Message], *, bos_to
 
 
 def _raise(message: str):
-    from jinja2 import TemplateError
-
-    raise TemplateError(message)
+    raise TemplateRefused(f"this model's chat template refused the messages: {message}")
 
 
 def _tojson(x, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:

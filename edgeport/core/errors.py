@@ -39,3 +39,7 @@ class CalibrationError(EdgeportError):
 
 class MissingExtra(EdgeportError):
     """A command needs an optional dependency this install lacks; the message names the extra."""
+
+
+class TemplateRefused(EdgeportError):
+    """A chat template's own `raise_exception` refused the messages; the message is what it said."""

@@ -21,10 +21,10 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from jinja2 import TemplateError
 from starlette.types import Receive, Scope, Send
 
 from edgeport.core.chat import render_template
+from edgeport.core.errors import TemplateRefused
 from edgeport.core.harmony import STOP as HARMONY_STOP
 from edgeport.core.harmony import render_harmony
 from edgeport.core.template_tools import (
@@ -232,9 +232,8 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
             text = render_template(info.chat_template, template_messages(msgs) if fmt else msgs,
                                    bos_token=info.bos_token, eos_token=info.eos_token, effort=req.reasoning_effort,
                                    tools=template_tools(offered) if fmt else None)
-        except TemplateError as e:  # the template's own raise_exception: what it says of these messages
-            raise APIError(400, f"this model's chat template refused the messages: {e}", param="messages",
-                           code="invalid_value") from None
+        except TemplateRefused as e:  # the template's own raise_exception: what it says of these messages
+            raise APIError(400, str(e), param="messages", code="invalid_value") from None
     schema = await _schema(engine, req)
     await _check_forced(engine, req, forced)
     if fmt is not None and forced:  # the message is the call (after the block's opening): under its schema

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeport import runtimes
 from edgeport.core.chat import render_template
-from edgeport.core.errors import EdgeportError
+from edgeport.core.errors import EdgeportError, TemplateRefused
 from edgeport.core.harmony import HarmonyStream, normalize_effort, render_harmony
 from edgeport.core.template_tools import (
     TemplateCallStream,
@@ -175,30 +175,44 @@ def chat(artifact: str, *, reasoning_effort: str | None = None, max_new_tokens: 
                 else:
                     print(f"unknown command {cmd}; {HELP}", file=out, flush=True)
                 continue
+            before = len(history)
             history.append({"role": "user", "content": text})
-            while True:  # the model's turn, and after each call it makes, its result and the model again
-                names = {t["name"] for t in tools or []}
-                reply = Reply(out, harmony=harmony, calls=TemplateCallStream(fmt, names) if fmt else None)
-                if tools:  # rendered as the server renders them
-                    text = render_harmony(history, effort, tools=tools) if harmony else render_template(
-                        rt.info.chat_template, template_messages(history), bos_token=rt.info.bos_token,
-                        eos_token=rt.info.eos_token, effort=effort, tools=template_tools(tools))
-                    ids = rt.encode(text, add_bos=False)
-                    pieces = rt.stream_ids(ids, max_new_tokens, temperature, 1.0, seed)
-                else:
-                    pieces = rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                       reasoning_effort=effort)
-                for piece in pieces:
-                    reply.feed(piece)
-                answer = reply.finish()
-                history.append({"role": "assistant", "content": answer, **({"tool_calls": reply.calls} if reply.calls
-                                                                           else {})})
-                if not reply.calls:
-                    break
-                for call in reply.calls:
-                    try:
-                        result = input(f"result of {call['name']}> ")
-                    except EOFError:
-                        print(file=out)
-                        return
-                    history.append({"role": "tool", "name": call["name"], "content": result})
+            try:
+                if _turn(rt, history, tools, fmt, harmony, effort, out, max_new_tokens, temperature, seed):
+                    return
+            except TemplateRefused as e:  # what the template says of this conversation; the turn is dropped
+                del history[before:]
+                print(f"error: {e}", file=out, flush=True)
+
+
+def _turn(rt, history: list[dict], tools: list[dict] | None, fmt, harmony: bool, effort: str | None, out,
+          max_new_tokens: int, temperature: float, seed: int) -> bool:
+    """The model's turn, and after each call it makes, its result and the model again; True when the
+    user ended the session at a result's prompt."""
+    while True:
+        names = {t["name"] for t in tools or []}
+        reply = Reply(out, harmony=harmony, calls=TemplateCallStream(fmt, names) if fmt else None)
+        if tools:  # rendered as the server renders them
+            text = render_harmony(history, effort, tools=tools) if harmony else render_template(
+                rt.info.chat_template, template_messages(history), bos_token=rt.info.bos_token,
+                eos_token=rt.info.eos_token, effort=effort, tools=template_tools(tools))
+            ids = rt.encode(text, add_bos=False)
+            pieces = rt.stream_ids(ids, max_new_tokens, temperature, 1.0, seed)
+        else:
+            pieces = rt.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                               reasoning_effort=effort)
+        for piece in pieces:
+            reply.feed(piece)
+        answer = reply.finish()
+        history.append({"role": "assistant", "content": answer, **({"tool_calls": reply.calls} if reply.calls
+                                                                   else {})})
+        if not reply.calls:
+            break
+        for call in reply.calls:
+            try:
+                result = input(f"result of {call['name']}> ")
+            except EOFError:
+                print(file=out)
+                return True
+            history.append({"role": "tool", "name": call["name"], "content": result})
+    return False
