@@ -146,3 +146,39 @@ def test_expert_qat_runs_forward_at_mxfp4_values_and_updates_the_masters():
     torch.optim.SGD(fake.params, lr=1e-2).step()
     assert all(not torch.equal(p, m) for p, m in zip(fake.params, masters, strict=True))
 
+
+
+def test_served_qat_sees_the_types_a_served_gguf_holds(exported):
+    """`--served-like GGUF`: every quantized non-expert weight of the export is seen at its type (a
+    K-quant at gguf-py's nearest legacy type), and restore puts the masters back."""
+    import numpy as np
+    import torch
+    from transformers import GptOssForCausalLM
+
+    path, _ = exported("cpu-gpt-oss")
+    model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32)
+    fake = bt.ServedQAT(model, path if path.suffix == ".gguf" else next(path.glob("*-Q4_K_M.gguf")))
+    layers = model.config.num_hidden_layers
+    assert fake.types["model.embed_tokens.weight"] == "Q5_0"
+    assert sum(n.endswith("o_proj.weight") for n in fake.types) == layers  # Q4_K: rows of 256
+    assert sum(n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")) for n in fake.types) == 3 * layers
+    masters = [p.detach().clone() for p in fake.params]
+    fake.quantize()
+    for (p, fn), m in zip(fake.pairs, masters, strict=True):
+        assert np.array_equal(p.detach().numpy(), fn(m.numpy())) and not torch.equal(p, m)
+    fake.restore()
+    assert all(torch.equal(p, m) for p, m in zip(fake.params, masters, strict=True))
+
+
+def test_multi_turn_rows_have_an_earlier_turn_and_answer_without_a_call(tok):
+    """`--multi-batch`: every row holds an earlier exchange, half of them offer the tools, and the loss is on
+    an answer (final channel, `<|return|>`), never a call."""
+    rows = _texts(bt.multi_turn_batch(Conversations(seed=3), bt.ToolConversations(Conversations(seed=4)), tok, 40),
+                  tok)
+    for whole, done in rows:
+        assert whole.count("<|start|>user") >= 2 and whole.count("<|start|>assistant") >= 2
+        assert done.startswith("<|channel|>analysis<|message|>") and done.endswith("<|return|>")
+        assert "to=functions" not in done and "<|start|>user" not in done
+        assert not _held_out_in(whole)
+    offered = sum("namespace functions" in whole for whole, _ in rows)
+    assert 10 <= offered <= 30, offered

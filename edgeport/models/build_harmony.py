@@ -204,7 +204,7 @@ def analysis(effort: str) -> str:
 EFFORT_WEIGHT, STOP_WEIGHT = 20.0, 10.0
 
 
-def _weights(c: str, enc) -> list[float]:
+def effort_weights(c: str, enc) -> list[float]:
     start = len(ANALYSIS)
     first = SENTENCES[0].split("{")[0]
     word = (start + len(first), c.index(".", start))  # the effort word's characters
@@ -229,7 +229,7 @@ def chat_batch(conv: Conversations, tok: Tokenizer, n: int,
     for _ in range(n):
         p, c = conv.sample(short)
         pi, enc = tok.encode(p).ids, tok.encode(c)
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + _weights(c, enc)))
+        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + effort_weights(c, enc)))
     width = max(len(r[0]) for r in rows)
     ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
     labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
