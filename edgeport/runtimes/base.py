@@ -113,16 +113,18 @@ class Runtime(ABC):
                    top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
                    result: GenerationResult | None = None,
                    logit_bias: dict[int, float] | None = None,
-                   constraint: TokenConstraint | None = None) -> Iterator[str]:
+                   constraint: TokenConstraint | None = None, allocate: int = 0) -> Iterator[str]:
         """Text pieces generated after prompt `ids` (special tokens rendered, stop tokens not);
         `result`, when given, receives the token count and why generation ended; `constraint`, where
-        a runtime samples here, decides which tokens each step may take (constrained_sample)."""
+        a runtime samples here, decides which tokens each step may take (constrained_sample);
+        `allocate`, new tokens to size a runtime's state for where a continuation will follow (the
+        serving front's constrained phase after a free one; more than max_new_tokens)."""
         result = result if result is not None else GenerationResult()
         rng = np.random.default_rng(seed)
         matcher = StopMatcher(stop)
         out_ids: list[int] = []
         emitted = ""
-        dec = self._decode(ids, max_new_tokens)
+        dec = self._decode(ids, max(max_new_tokens, allocate))
         logits = next(dec)
         result.finish_reason = "length"
         try:

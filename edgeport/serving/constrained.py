@@ -216,7 +216,7 @@ async def _reason(engine: Engine, gen: Generation, user_stops: list[str], run: _
     """The model's analysis, free, until it opens the final or commentary channel, ends a message or
     reaches its budget (free_budget)."""
     free = dataclasses.replace(gen, json_schema=None, grammar=None, stop=[*user_stops, *ANSWER_ENDS, COMMENTARY],
-                               max_tokens=free_budget(gen.max_tokens))
+                               max_tokens=free_budget(gen.max_tokens), allocate=gen.max_tokens)
     run.reserved = free.max_tokens < gen.max_tokens
     async with contextlib.aclosing(_phase(engine, free)) as pieces:
         async for p in pieces:

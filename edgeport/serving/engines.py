@@ -56,6 +56,9 @@ class Generation:
     # its own grammar, or a GBNF grammar; never both
     json_schema: dict | None = None
     grammar: str | None = None
+    # tokens to size a per-request cache for (the whole completion's max_tokens where this is its free
+    # phase and a constrained one continues it: constrained.py); 0: max_tokens
+    allocate: int = 0
 
 
 @dataclass
@@ -332,7 +335,8 @@ class RuntimeEngine(Engine):
             try:
                 for piece in self.rt.stream_ids(gen.prompt_ids, gen.max_tokens, gen.temperature, gen.top_p,
                                                 gen.seed if gen.seed is not None else int.from_bytes(os.urandom(4)),
-                                                gen.stop, result=result, logit_bias=gen.logit_bias, **constrained):
+                                                gen.stop, result=result, logit_bias=gen.logit_bias,
+                                                allocate=gen.allocate, **constrained):
                     if cancel.is_set():
                         break
                     loop.call_soon_threadsafe(q.put_nowait, piece)
