@@ -320,3 +320,10 @@ def test_a_call_after_an_analysis_the_reserve_cut_anywhere_is_still_a_call(said)
     text = "".join(said) + run.lead() + COMMENTARY + ' to=functions.add <|constrain|>json<|message|>{"a": 1}'
     assert parse_calls(text) == [("add", '{"a": 1}')]
     assert text.count("<|start|>assistant") == (1 if said else 0)
+
+
+def test_the_reserve_is_256_tokens_at_most_half_of_max_tokens():
+    """The README's figures for the free analysis's budget under a constraint."""
+    from edgeport.serving.constrained import free_budget
+
+    assert [free_budget(n) for n in (1, 2, 60, 512, 513, 4096)] == [1, 1, 30, 256, 257, 3840]
