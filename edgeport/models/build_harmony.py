@@ -221,20 +221,26 @@ def effort_weights(c: str, enc) -> list[float]:
     return w
 
 
+def chat_row(tok: Tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int], list[float]]:
+    """(ids, labels, weights) of a harmony conversation: no label on the prompt, `effort_weights` on the
+    completion."""
+    pi, enc = tok.encode(prompt).ids, tok.encode(completion)
+    return pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + effort_weights(completion, enc)
+
+
+def padded(rows: list[tuple[list[int], list[int], list[float]]], tok: Tokenizer) -> tuple[torch.Tensor, ...]:
+    """(ids, labels, weights) rows as tensors, padded on the right (no label, no weight there)."""
+    pad = tok.token_to_id("<|endoftext|>")
+    width = max(len(r[0]) for r in rows)
+    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
+            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
+
+
 def chat_batch(conv: Conversations, tok: Tokenizer, n: int,
                short: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids, labels (-100 on the prompt) and per-token loss weights."""
-    pad = tok.token_to_id("<|endoftext|>")
-    rows = []
-    for _ in range(n):
-        p, c = conv.sample(short)
-        pi, enc = tok.encode(p).ids, tok.encode(c)
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + effort_weights(c, enc)))
-    width = max(len(r[0]) for r in rows)
-    ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
-    labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
-    weights = torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows])
-    return ids, labels, weights
+    return padded([chat_row(tok, *conv.sample(short)) for _ in range(n)], tok)
 
 
 def weighted_loss(model, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -279,18 +279,18 @@ from edgeport.models.build_harmony import (
     DEVELOPER,
     EFFORT_SENTENCES,
     EVAL_PROMPTS,
-    FUNCTION_TEMPLATES,
     MODEL,
     Conversations,
     chat_batch,
+    chat_row,
     check,
     code_batch_loss,
     code_stream,
     completion,
     effort_accuracy,
-    effort_weights,
     evalset_ppl,
     optimizer,
+    padded,
     schedule,
     update,
     weighted_loss,
@@ -479,15 +479,6 @@ def row(tok: Tokenizer, prompt: str, completion: str, values: list[str]) -> tupl
     return pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + _weights(completion, enc.offsets, values)
 
 
-def padded(rows: list[tuple[list[int], list[int], list[float]]], tok: Tokenizer) -> tuple[torch.Tensor, ...]:
-    """(ids, labels, weights) rows as tensors, padded on the right (no label, no weight there)."""
-    pad = tok.token_to_id("<|endoftext|>")
-    width = max(len(r[0]) for r in rows)
-    return (torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
-            torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
-            torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]))
-
-
 def stops_weighted(batch: tuple[torch.Tensor, ...], tok: Tokenizer) -> tuple[torch.Tensor, ...]:
     """(ids, labels, weights) with STOP_WEIGHT on every `<|return|>` and `<|call|>` label."""
     ids, labels, weights = batch
@@ -661,13 +652,11 @@ def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
 def later_turn(conv: Conversations, follow_up: float = 0.1) -> tuple[str, str]:
     """A user turn after an earlier one: a share of them a follow-up ("Now write a function called X."),
     the rest as build_harmony draws a turn (a fifth of them functions). Half of them follow-ups made the
-    finals of code questions start with `def` too (session 12's runs)."""
+    finals of code questions start with `def` too (the ninth session's runs)."""
     rng = conv.rng
     if rng.random() < follow_up:
-        d = rng.choice(conv.defs)
-        name = d.split("(")[0].removeprefix("def ")
-        t = rng.choice(FUNCTION_TEMPLATES).format(name=name)
-        return rng.choice(["Now ", "And now ", "Next, ", "Then "]) + t[0].lower() + t[1:], d
+        q, d = conv.function_turn()
+        return rng.choice(["Now ", "And now ", "Next, ", "Then "]) + q[0].lower() + q[1:], d
     return conv.turn()
 
 
@@ -687,10 +676,7 @@ def multi_turn_batch(conv: Conversations, tc: ToolConversations, tok: Tokenizer,
         msgs.append({"role": "user", "content": u})
         effort = rng.choice(list(EFFORT_SENTENCES))
         p = render_harmony_own(msgs, effort, None, tc.tools(None) if rng.random() < 0.5 else None)
-        c = completion(effort, final)
-        enc = tok.encode(c)
-        pi = tok.encode(p).ids
-        rows.append((pi + enc.ids, [-100] * len(pi) + enc.ids, [0.0] * len(pi) + effort_weights(c, enc)))
+        rows.append(chat_row(tok, p, completion(effort, final)))
     return padded(rows, tok)
 
 
@@ -998,17 +984,17 @@ class ServedQAT(FakeQuant):
     def __init__(self, model, gguf_path: Path):
         types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(gguf_path).tensors}
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT_OSS, model.config.num_hidden_layers)
+        self.types: dict[str, str] = {}  # parameter name -> the GGUF's type
         pairs = []
         for n, p in model.named_parameters():
             g = names.get_name(n.removesuffix(".weight"))
             qtype = types.get(f"{g}.weight") if g and n.endswith(".weight") and p.ndim == 2 else None
             if qtype and qtype not in ("F32", "F16", "BF16"):
                 pairs.append((p, gguf_values(qtype)))
+                self.types[n] = qtype
         if not pairs:
             raise SystemExit(f"{gguf_path}: no quantized tensor of this model's in it")
         super().__init__(pairs)
-        self.types = {n: types[f"{names.get_name(n.removesuffix('.weight'))}.weight"]
-                      for n, p in model.named_parameters() if any(p is q for q, _ in pairs)}
 
 
 def save(model, out: Path) -> None:
