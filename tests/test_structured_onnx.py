@@ -75,6 +75,13 @@ def test_streamed_call_deltas_reassemble_to_the_same_call(served):
         tools.test_streamed_call_deltas_reassemble_to_the_same_call(url)
 
 
+@pytest.mark.parametrize("what", ["call", "schema"])
+def test_harmony_markers_cannot_enter_a_constrained_string(served, what):
+    url, harmony = served
+    if harmony:
+        tools.test_harmony_markers_cannot_enter_a_constrained_string(url, what)
+
+
 def test_the_responses_api(served):
     """POST /v1/responses over ONNX: the chat completion in items (streamed and not), a forced call, its
     output under previous_response_id, and text.format enforced, as over llama-server."""

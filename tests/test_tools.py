@@ -61,6 +61,38 @@ def test_a_forced_call_is_always_made_and_valid(served, choice):
         _valid(call)
 
 
+@pytest.mark.parametrize("what", ["call", "schema"])
+def test_harmony_markers_cannot_enter_a_constrained_string(served, what):
+    """A JSON string admits any character, and llama-server's grammar judges a special token by its text:
+    `<|end|>` inside a call's string passed, and the front's harmony parser then read the call as ended
+    there (a served candidate, sampled: arguments '{"city": "cope ... gave me.' with finish_reason
+    tool_calls). The client's logit_bias pushes the markers here; the front bans them while the grammar
+    decodes, so the arguments or the answer stay whole and valid."""
+    from tokenizers import Tokenizer
+
+    from tests.conftest import GPT_OSS
+
+    tok = Tokenizer.from_file(str(GPT_OSS / "tokenizer.json"))
+    push = {tok.token_to_id(m): 100 for m in ("<|end|>", "<|start|>", "<|channel|>", "<|message|>",
+                                                "<|constrain|>")}
+    c = _client(served)
+    kw = dict(model=_model(c), messages=HAIKU, max_tokens=300, temperature=0, logit_bias=push)
+    if what == "call":
+        r = c.chat.completions.create(**kw, tools=TOOLS, tool_choice={"type": "function",
+                                                                      "function": {"name": "get_weather"}})
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls" and len(ch.message.tool_calls) == 1, ch
+        _valid(ch.message.tool_calls[0])
+    else:
+        schema = {"type": "object", "properties": {"poem": {"type": "string"}},
+                  "required": ["poem"], "additionalProperties": False}
+        r = c.chat.completions.create(**kw, response_format={"type": "json_schema", "json_schema": {
+            "name": "p", "schema": schema, "strict": True}})
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop", ch
+        jsonschema.validate(json.loads(ch.message.content), schema)
+
+
 def test_streamed_call_deltas_reassemble_to_the_same_call(served):
     c = _client(served)
     model = _model(c)

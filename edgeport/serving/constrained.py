@@ -36,10 +36,15 @@ from collections.abc import AsyncIterator
 
 from edgeport.core.harmony import ANSWER_ENDS, CHANNEL, CONSTRAIN, END, FINAL_HEADER, FUNCTIONS, MESSAGE, START, STOP
 
-from .engines import Engine, Generation, Piece
+from .engines import BAN, Engine, Generation, Piece
 from .protocol import APIError
 
 COMMENTARY = f"{CHANNEL}commentary"  # a preamble or a call opens here
+# never inside a constrained value: a JSON string admits any text, llama-server's grammar judges a special
+# token by its text, and the harmony parser would end the message at the first (`<|end|>` inside a
+# sampled call's string did; <|return|> and <|call|> end a generation, which a grammar allows only where
+# its value is complete)
+MARKERS_BANNED = (START, END, CHANNEL, MESSAGE, CONSTRAIN)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function declared without parameters takes {}
 TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
@@ -239,8 +244,9 @@ async def _then(engine: Engine, gen: Generation, run: _Free, written: str, used:
     room = min(gen.max_tokens - used, engine.n_ctx - len(ids))
     if room <= 0:
         return None, used
-    return dataclasses.replace(gen, prompt_ids=ids, max_tokens=room, **{"json_schema": None, "grammar": None,
-                                                                          **constraint}), used
+    bias = {**gen.logit_bias, **dict.fromkeys(await engine.token_ids(MARKERS_BANNED), BAN)}
+    return dataclasses.replace(gen, prompt_ids=ids, max_tokens=room, logit_bias=bias,
+                               **{"json_schema": None, "grammar": None, **constraint}), used
 
 
 async def harmony_json(engine: Engine, gen: Generation) -> AsyncIterator[Piece]:

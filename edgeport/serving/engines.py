@@ -42,6 +42,8 @@ from . import guidance
 from .protocol import APIError
 from .support import support
 
+BAN = -100.0  # a logit_bias that bans its token (OpenAI's meaning of -100)
+
 
 @dataclass
 class Generation:
@@ -100,6 +102,13 @@ class Engine(ABC):
     @abstractmethod
     async def tokenize(self, text: str) -> list[int]:
         """Special tokens parsed, no BOS added (the chat template carries its own)."""
+
+    async def token_ids(self, texts: tuple[str, ...]) -> list[int]:
+        """The ids of `texts` that are one token each (special tokens), looked up once per engine."""
+        known = self.__dict__.setdefault("_token_ids", {})
+        if texts not in known:
+            known[texts] = [t[0] for t in [await self.tokenize(x) for x in texts] if len(t) == 1]
+        return known[texts]
 
     @abstractmethod
     def generate(self, gen: Generation) -> AsyncIterator[Piece]: ...
@@ -241,7 +250,8 @@ class LlamaServerEngine(Engine):
         body = {"prompt": gen.prompt_ids, "n_predict": gen.max_tokens, "temperature": gen.temperature,
                 "top_p": gen.top_p, **WHOLE_VOCABULARY, "stream": True, "cache_prompt": True,
                 "stop": gen.stop, "seed": gen.seed if gen.seed is not None else -1,
-                "logit_bias": [[int(t), float(b)] for t, b in gen.logit_bias.items()]}
+                # OpenAI's -100 bans a token: llama-server's `false` is a ban, a number only added
+                "logit_bias": [[int(t), False if b <= BAN else float(b)] for t, b in gen.logit_bias.items()]}
         if gen.json_schema is not None:
             body["json_schema"] = gen.json_schema
         if gen.grammar is not None:
