@@ -182,3 +182,76 @@ def test_multi_turn_rows_have_an_earlier_turn_and_answer_without_a_call(tok):
         assert not _held_out_in(whole)
     offered = sum("namespace functions" in whole for whole, _ in rows)
     assert 10 <= offered <= 30, offered
+
+
+def test_distill_loss_is_zero_against_itself_and_counts_the_completion_only(tok):
+    """`--distill`: KL(teacher || model) over the completion's tokens. A model against itself: 0; against
+    other weights: > 0 and a gradient; a teacher that differs from the model on the prompt's positions
+    alone (its logits there replaced) gives the same loss as the model itself."""
+    import torch
+    from transformers import GptOssForCausalLM
+
+    model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32).eval()
+    other = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids, labels, weights = bt.stops_weighted(
+        bt.multi_turn_batch(Conversations(seed=5), bt.ToolConversations(Conversations(seed=6)), tok, 3, (0, 1)), tok)
+    assert bt.distill_loss(model, model, ids, labels, weights).abs().item() < 1e-5
+    kl = bt.distill_loss(model, other, ids, labels, weights)
+    assert kl.item() > 1e-3
+    kl.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    class PromptOnly(torch.nn.Module):
+        """The model's logits, but the other model's at every position before the completion."""
+
+        def forward(self, input_ids):
+            out = model(input_ids=input_ids)
+            mask = (labels == -100)[:, 1:].unsqueeze(-1)
+            out.logits[:, :-1] = torch.where(mask, other(input_ids=input_ids).logits[:, :-1], out.logits[:, :-1])
+            return out
+
+    assert bt.distill_loss(model, PromptOnly(), ids, labels, weights).abs().item() < 1e-5
+
+
+def test_teacher_answers_are_the_teachers_greedy_answers_in_harmony(tok):
+    """`--teacher-answers`: each kept pair is a prompt without a call in it and the teacher's own greedy
+    answer, an analysis then one final message; a teacher that never ends its answer gives none."""
+    import torch
+    from transformers import GptOssForCausalLM
+
+    teacher = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32).eval()
+    tc = bt.ToolConversations(Conversations(seed=8))
+    pairs = bt.teacher_answers(teacher, tok, Conversations(seed=7), tc, 6)
+    assert len(pairs) >= 4
+    for p, c in pairs:
+        assert c == bt.generate(teacher, tok, p, 240)
+        assert c.startswith(bt.ANALYSIS) and c.count(bt.FINAL) == 1 and c.endswith("<|return|>")
+        assert "to=functions" not in c and not _held_out_in(p)
+    stop = torch.tensor([tok.token_to_id("<|return|>")])
+    teacher.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, stop, float("-inf")))
+    assert bt.teacher_answers(teacher, tok, Conversations(seed=7), tc, 3) == []
+
+
+def test_follow_ups_and_their_weighted_names(tok):
+    """`--follow-up 1 --name-weight 5`: every last turn asks for a function by name ("Now write a function
+    called X."), its final is `def X(...`, and exactly the name's tokens there weigh 5x what they would;
+    by default a tenth of the last turns are follow-ups."""
+    args = (Conversations(seed=9), bt.ToolConversations(Conversations(seed=10)), tok, 12)
+    plain = bt.multi_turn_batch(*args, follow_up=1.0)
+    args = (Conversations(seed=9), bt.ToolConversations(Conversations(seed=10)), tok, 12)
+    named = bt.multi_turn_batch(*args, follow_up=1.0, name_weight=5.0)
+    assert bt.torch.equal(plain[0], named[0]) and bt.torch.equal(plain[1], named[1])
+    for (whole, done), ids, w0, w1 in zip(_texts(named, tok), named[0], plain[2], named[2], strict=True):
+        name = re.search(r"final<\|message\|>def (\w+)\(", done).group(1)
+        last = whole.split("<|start|>user<|message|>")[-1].split("<|end|>")[0]
+        assert last.startswith(("Now ", "And now ", "Next, ", "Then ")) and name in last
+        changed = (w1 != w0).nonzero().flatten().tolist()
+        assert changed and bt.torch.allclose(w1[changed], 5 * w0[changed])
+        got = tok.decode(ids[changed].tolist())  # the tokens that overlap the name (one may hold its "(")
+        assert name in got and set(got.replace(name, "", 1)) <= set(" (")
+    few = bt.multi_turn_batch(Conversations(seed=9), bt.ToolConversations(Conversations(seed=10)), tok, 40)
+    assert sum(whole.split("<|start|>user<|message|>")[-1].startswith(("Now ", "And now ", "Next, ", "Then "))
+               for whole, _ in _texts(few, tok)) < 12

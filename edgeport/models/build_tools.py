@@ -649,35 +649,87 @@ def answer_batch(rng: random.Random, held: set, tok: Tokenizer, n: int,
     return padded(rows, tok)
 
 
-def later_turn(conv: Conversations, follow_up: float = 0.1) -> tuple[str, str]:
-    """A user turn after an earlier one: a share of them a follow-up ("Now write a function called X."),
-    the rest as build_harmony draws a turn (a fifth of them functions). Half of them follow-ups made the
-    finals of code questions start with `def` too (the ninth session's runs)."""
+def later_turn(conv: Conversations, follow_up: float = 0.1) -> tuple[str, str, str]:
+    """A user turn after an earlier one, its answer and, for a follow-up, the function's name: a share of
+    them a follow-up ("Now write a function called X."), the rest as build_harmony draws a turn (a fifth
+    of them functions). Half of them follow-ups made the finals of code questions start with `def` too
+    (the ninth session's runs)."""
     rng = conv.rng
     if rng.random() < follow_up:
         q, d = conv.function_turn()
-        return rng.choice(["Now ", "And now ", "Next, ", "Then "]) + q[0].lower() + q[1:], d
-    return conv.turn()
+        return rng.choice(["Now ", "And now ", "Next, ", "Then "]) + q[0].lower() + q[1:], d, d.split("(")[0][4:]
+    return (*conv.turn(), "")
 
 
-def multi_turn_batch(conv: Conversations, tc: ToolConversations, tok: Tokenizer, n: int) -> tuple[torch.Tensor, ...]:
-    """n harmony conversations with one or two earlier turns, answered without a call; half of them
-    offer the tools. The tool rows put an earlier turn before a call more often than the chat rows
-    put one before an answer, and the served candidates learned "a second turn means a call"
-    (EVAL_PROMPTS' two-turn prompt got a weather call's analysis): here a later turn is a code question."""
+def harmony_prompt(conv: Conversations, tc: ToolConversations, earlier: tuple[int, ...] = (1, 1, 2),
+                   follow_up: float = 0.1, short_earlier: bool = False) -> tuple[str, str, str, str]:
+    """(prompt, effort, the data's final, the follow-up's function name or "") of a harmony conversation
+    with `earlier` turns before (one count drawn; `short_earlier`: short ones), to be answered without a
+    call; half of them offer the tools."""
     rng = conv.rng
+    msgs: list[dict] = []
+    for _ in range(rng.choice(earlier)):
+        u, a = conv.turn(short=short_earlier)
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    u, final, name = later_turn(conv, follow_up)
+    msgs.append({"role": "user", "content": u})
+    effort = rng.choice(list(EFFORT_SENTENCES))
+    tools = tc.tools(None) if rng.random() < 0.5 else None
+    return render_harmony_own(msgs, effort, None, tools), effort, final, name
+
+
+def multi_turn_batch(conv: Conversations, tc: ToolConversations, tok: Tokenizer, n: int,
+                     earlier: tuple[int, ...] = (1, 1, 2), follow_up: float = 0.1, short_earlier: bool = False,
+                     name_weight: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """n harmony conversations from `harmony_prompt`, answered without a call (the data's answer), a
+    follow-up's function name in the final weighted `name_weight`. The tool rows put an earlier turn
+    before a call more often than the chat rows put one before an answer, and the served candidates
+    learned "a second turn means a call" (EVAL_PROMPTS' two-turn prompt got a weather call's analysis):
+    here a later turn is a code question."""
     rows = []
     for _ in range(n):
-        msgs: list[dict] = []
-        for _ in range(rng.choice([1, 1, 2])):
-            u, a = conv.turn()
-            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        u, final = later_turn(conv)
-        msgs.append({"role": "user", "content": u})
-        effort = rng.choice(list(EFFORT_SENTENCES))
-        p = render_harmony_own(msgs, effort, None, tc.tools(None) if rng.random() < 0.5 else None)
-        rows.append(chat_row(tok, p, completion(effort, final)))
+        p, effort, final, name = harmony_prompt(conv, tc, earlier, follow_up, short_earlier)
+        c = completion(effort, final)
+        ids, labels, weights = chat_row(tok, p, c)
+        if name and name_weight != 1.0:
+            at = c.index(FINAL) + len(FINAL) + len("def ")
+            span = (at, at + len(name))
+            offsets = tok.encode(c).offsets
+            start = len(ids) - len(offsets)
+            weights = [w * name_weight if i >= start and offsets[i - start][0] < span[1]
+                       and offsets[i - start][1] > span[0] else w for i, w in enumerate(weights)]
+        rows.append((ids, labels, weights))
     return padded(rows, tok)
+
+
+def teacher_answers(teacher, tok: Tokenizer, conv: Conversations, tc: ToolConversations,
+                    n: int) -> list[tuple[str, str]]:
+    """n (prompt, completion) pairs: `harmony_prompt`'s prompts (none to two earlier turns) answered by
+    `teacher` greedily; an answer that does not end in a final message is dropped. The student can fit
+    these exactly (they are a function of the prompt), and greedy answers are what the evals and tests
+    judge: trained on the data's answers, every tool run left some greedy finals looping."""
+    pairs = []
+    for i in range(n):
+        p, _, _, _ = harmony_prompt(conv, tc, (0, 0, 1, 2))
+        c = generate(teacher, tok, p, 240)
+        if c.endswith("<|return|>") and c.count(FINAL) == 1 and c.startswith(ANALYSIS):
+            pairs.append((p, c))
+        if (i + 1) % 128 == 0:
+            print(f"  teacher answers: {i + 1}/{n}", flush=True)
+    return pairs
+
+
+def distill_loss(model, teacher, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || model) of the next-token distributions on the completion's tokens, weighted as the
+    loss is (stops, the effort word). Trained on the data's answers alone, every tool run tipped some of
+    the harmony answers the committed model gets right (a looping final, a call's analysis after a
+    second turn); its distribution over every token, not one target, is what they keep."""
+    with torch.no_grad():
+        t = teacher(input_ids=ids).logits[:, :-1].float().log_softmax(-1)
+    s = model(input_ids=ids).logits[:, :-1].float().log_softmax(-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    w = weights[:, 1:] * (labels[:, 1:] != -100)
+    return (kl * w).sum() / w.sum()
 
 
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
@@ -779,12 +831,15 @@ def short_rate(model, tok: Tokenizer, n: int = 32) -> float:
 def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_batch_n: int, tool_batch_n: int,
           seed: int = 0, out: Path | None = None, copy_batch: int = 32, short_batch_n: int = 0,
           answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0,
-          snapshots: bool = False, qat: bool = False, multi_batch_n: int = 0, served: Path | None = None) -> None:
+          snapshots: bool = False, qat: bool = False, multi_batch_n: int = 0, served: Path | None = None,
+          teacher=None, distill_n: int = 0, every: int = 50, teacher_n: int = 0, pool: int = 1024,
+          follow_up: float = 0.1, short_earlier: bool = False, name_weight: float = 1.0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
     the optional batches (short calls and answers, at least half their cities made up; text copies;
-    multi-turn conversations answered without a call),
-    the losses summed. With `qat`, every forward pass sees the experts at their MXFP4 values
+    multi-turn conversations answered without a call; harmony conversations distilled from `teacher`,
+    with none to two earlier turns and half with the tools offered), the losses summed. With `qat`,
+    every forward pass sees the experts at their MXFP4 values
     (ExpertQAT), and so do the log's figures and every save; with `served` (a GGUF of this model), the
     other weights at its types (ServedQAT), in the log's figures too, but saved as trained."""
     gen = torch.Generator().manual_seed(seed)
@@ -792,7 +847,10 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     fake = FakeQuant([*(experts.pairs if experts else []), *(ServedQAT(model, served).pairs if served else [])])
     conv = Conversations(seed=seed)
     mconv = Conversations(seed=seed + 5000)
+    dconv = Conversations(seed=seed + 6000)
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
+    answers = teacher_answers(teacher, tok, Conversations(seed=seed + 7000), tc, pool) if teacher_n else []
+    prng = random.Random(seed + 8000)
     data = code_stream(tok)
     srng = random.Random(seed + 2000)
     arng = random.Random(seed + 3000)
@@ -811,8 +869,14 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         tool_loss = weighted_loss(model, *stops_weighted(tool_batch(tc, tok, tool_batch_n), tok)) \
             if tool_batch_n else zero
         if multi_batch_n:
-            multi = multi_turn_batch(mconv, tc, tok, multi_batch_n)
+            multi = multi_turn_batch(mconv, tc, tok, multi_batch_n, follow_up=follow_up, short_earlier=short_earlier,
+                                     name_weight=name_weight)
             chat_loss = chat_loss + weighted_loss(model, *stops_weighted(multi, tok))
+        kl = distill_loss(model, teacher, *stops_weighted(multi_turn_batch(dconv, tc, tok, distill_n, (0, 0, 1, 2)),
+                                                          tok)) if distill_n else zero
+        if teacher_n:
+            rows = [chat_row(tok, *prng.choice(answers)) for _ in range(teacher_n)]
+            chat_loss = chat_loss + weighted_loss(model, *stops_weighted(padded(rows, tok), tok))
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
@@ -823,11 +887,12 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
         # with `qat`, the masters are back before the step: the quantized values' gradient, on the masters
-        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss, fake.restore)
-        if step % 25 == 0 or step == steps - 1:
+        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss + kl, fake.restore)
+        if step % min(25, every) == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
-                    f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}")
-            if step % 50 == 0 or step == steps - 1:
+                    f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}"
+                    + (f"  kl {kl.item():.4f}" if distill_n else ""))
+            if step % every == 0 or step == steps - 1:
                 model.eval()
                 fake.quantize()
                 line += (f"  effort {effort_accuracy(model, tok):.2f}  copy {copy_accuracy(model):.2f}"
@@ -862,6 +927,11 @@ def main() -> None:
                     help="short answers from a tool's result (the user turn, call and result alone) per step")
     ap.add_argument("--multi-batch", type=int, default=0,
                     help="conversations with earlier turns, answered without a call, per step (multi_turn_batch)")
+    ap.add_argument("--follow-up", type=float, default=0.1,
+                    help="share of --multi-batch's last turns that are follow-ups (\"Now write a function called X.\")")
+    ap.add_argument("--short-earlier", action="store_true", help="--multi-batch's earlier turns short ones")
+    ap.add_argument("--name-weight", type=float, default=1.0,
+                    help="loss weight of a follow-up's function name in --multi-batch's finals (default 1)")
     ap.add_argument("--made-up", type=float, default=0.0,
                     help="share of the weather questions about a made-up city (the short rows: at least half)")
     ap.add_argument("--small-numbers", type=float, default=0.0,
@@ -877,8 +947,15 @@ def main() -> None:
     ap.add_argument("--served-like", type=Path, metavar="GGUF",
                     help="a GGUF export of this model: its quantized types seen by every forward pass (ServedQAT), "
                          "and by --check-only")
+    ap.add_argument("--teacher", type=Path, help="a model directory to distill harmony answers from (distill_loss)")
+    ap.add_argument("--distill", type=int, default=0,
+                    help="harmony conversations per step distilled from --teacher (0-2 earlier turns)")
+    ap.add_argument("--teacher-answers", type=int, default=0,
+                    help="harmony conversations per step answered by --teacher greedily (teacher_answers)")
+    ap.add_argument("--pool", type=int, default=1024, help="how many teacher answers to draw them from")
+    ap.add_argument("--every", type=int, default=50, help="steps between the log's figures and the saves (default 50)")
     ap.add_argument("--snapshots", action="store_true",
-                    help="also keep every 50-step save, beside --out as OUT-stepN")
+                    help="also keep every save (each --every steps), beside --out as OUT-stepN")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data order and sampling (default 0)")
     ap.add_argument("--init", type=Path, help="start from this model directory's weights (default: the bundled)")
     ap.add_argument("--check-only", action="store_true", help="only print the eval figures of the model as it is")
@@ -903,10 +980,14 @@ def main() -> None:
         tool_check(model, tok)
         check(model, tok)
         return
+    if (a.distill or a.teacher_answers) and not a.teacher:
+        raise SystemExit("--distill and --teacher-answers need --teacher DIR")
+    teacher = GptOssForCausalLM.from_pretrained(a.teacher, dtype=torch.float32).eval() if a.teacher else None
     t0 = time.time()
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
-          a.small_numbers, a.text_copy, a.snapshots, a.qat, a.multi_batch, a.served_like)
+          a.small_numbers, a.text_copy, a.snapshots, a.qat, a.multi_batch, a.served_like, teacher, a.distill,
+          a.every, a.teacher_answers, a.pool, a.follow_up, a.short_earlier, a.name_weight)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
