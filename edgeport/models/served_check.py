@@ -1,0 +1,151 @@
+"""A tool-training candidate's figures as served: its exports (Q4_K_M GGUF over llama-server, INT8 ONNX
+with MXFP4 experts in-process, as tests/test_harmony_model.py serves them), each behind the real server,
+asked build_harmony's eval prompts at every effort and, at low effort, again with the tools offered.
+
+In-process figures (`build_tools --check-only`) did not predict the served ones: the tenth session found
+candidates with 2-3 broken answers in process that broke none over GGUF, and the reverse. An answer is
+broken when it does not end ("length"), lacks its reasoning or its content, or makes a call.
+
+    python -m edgeport.models.served_check DIR [DIR ...] [--engine gguf|onnx ...] [--tools]
+
+`--tools` adds the held-out call and answer rates over GGUF (tests/test_tool_model.py's 40 questions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ENGINES = {"gguf": "cpu", "onnx": "onnx"}
+
+
+def export_for(model: Path, engine: str, work: Path) -> Path:
+    """The artifact tests/test_harmony_model.py serves for `engine`, from the model directory `model`."""
+    from edgeport.core.source import Source
+    from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
+
+    if engine == "onnx":  # the case onnx-gpt-oss-mxfp4-int8: the experts stored as MXFP4 first
+        mx = work / "mxfp4"
+        write_mxfp4_checkpoint(Source.open(model), mx)
+        model = mx
+    out = work / engine
+    done = subprocess.run([sys.executable, "-m", "edgeport", "export", "--model", str(model), "--target",
+                           ENGINES[engine], "--out", str(out)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"exporting {engine} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return out
+
+
+@contextlib.contextmanager
+def serving(artifact: Path) -> Iterator[str]:
+    """`python -m edgeport.serving` on a free port until the block ends; its base URL."""
+    from edgeport.serving.engines import free_port
+
+    port = free_port()
+    ready = artifact.parent / f".ready-{port}"
+    p = subprocess.Popen([sys.executable, "-m", "edgeport.serving", "--artifact", str(artifact), "--port", str(port),
+                          "--ctx", "1024", "--ready-file", str(ready)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        while not ready.exists():
+            if p.poll() is not None:
+                raise SystemExit(f"the server for {artifact.name} did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        p.terminate()
+        p.wait(20)
+
+
+def broken_answers(url: str) -> list[tuple[str, int, str]]:
+    """(effort, eval prompt index, why) of each broken answer: 8 prompts x 3 efforts, then 8 at low effort
+    with the tools offered (effort "tools-low")."""
+    from openai import OpenAI
+
+    from edgeport.models.build_harmony import EVAL_PROMPTS
+    from edgeport.models.build_tools import ADD, WEATHER
+
+    c = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    model = c.models.list().data[0].id
+    tools = [{"type": "function", "function": t} for t in (ADD, WEATHER)]
+    runs = [("low", None), ("medium", None), ("high", None), ("tools-low", tools)]
+    broken = []
+    for effort, offered in runs:
+        for i, msgs in enumerate(EVAL_PROMPTS):
+            r = c.chat.completions.create(model=model, messages=msgs, max_tokens=400, temperature=0,
+                                          extra_body={"reasoning_effort": effort.removeprefix("tools-")},
+                                          **({"tools": offered} if offered else {}))
+            ch = r.choices[0]
+            reasoning = (ch.message.model_extra or {}).get("reasoning_content")
+            why = ("finish " + ch.finish_reason if ch.finish_reason != "stop" else "a call" if ch.message.tool_calls
+                   else "no reasoning" if not reasoning else "no content" if not ch.message.content else "")
+            if why:
+                broken.append((effort, i, f"{why}: {(ch.message.content or reasoning or '')[-60:]!r}"))
+    return broken
+
+
+def call_rates(url: str) -> dict[str, int]:
+    """tests/test_tool_model.py's held-out figures (of 40): the right tool with schema-valid arguments, the
+    whole call right, and an answer that holds the result."""
+    import jsonschema
+    from openai import OpenAI
+
+    from edgeport.models.build_tools import ADD, WEATHER, heldout_calls, run_tool
+
+    c = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    model = c.models.list().data[0].id
+    tools = [{"type": "function", "function": t} for t in (ADD, WEATHER)]
+    schemas = {t["name"]: t["parameters"] for t in (ADD, WEATHER)}
+    figs = {"tool": 0, "call": 0, "answer": 0}
+    for i, (msgs, name, args) in enumerate(heldout_calls()):
+        ch = c.chat.completions.create(model=model, messages=msgs, tools=tools, max_tokens=200,
+                                       temperature=0).choices[0]
+        calls = ch.message.tool_calls or []
+        if ch.finish_reason == "tool_calls" and len(calls) == 1:
+            with contextlib.suppress(ValueError, KeyError, jsonschema.ValidationError):
+                got = json.loads(calls[0].function.arguments)
+                jsonschema.validate(got, schemas[calls[0].function.name])
+                figs["tool"] += calls[0].function.name == name
+                figs["call"] += (calls[0].function.name, got) == (name, args)
+        result = run_tool(name, args)
+        said = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
+        a = c.chat.completions.create(model=model, max_tokens=200, temperature=0, tools=tools, messages=[
+            *msgs, said, {"role": "tool", "tool_call_id": f"call_{i}", "content": result}]).choices[0]
+        figs["answer"] += a.finish_reason == "stop" and result in (a.message.content or "")
+    return figs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", type=Path, help="model directories (a build_tools --out, or a save)")
+    ap.add_argument("--engine", action="append", choices=list(ENGINES), help="default: both")
+    ap.add_argument("--tools", action="store_true", help="also the held-out call and answer rates (over GGUF)")
+    a = ap.parse_args()
+    os.environ.setdefault("EDGEPORT_IMATRIX_CACHE", tempfile.mkdtemp(prefix="edgeport-check-imatrix-"))
+    for model in a.models:
+        if not (model / "model.safetensors").is_file():
+            raise SystemExit(f"{model}: no model.safetensors there")
+        with tempfile.TemporaryDirectory(prefix="edgeport-served-check-") as tmp:
+            for engine in a.engine or list(ENGINES):
+                with serving(export_for(model.resolve(), engine, Path(tmp) / engine)) as url:
+                    broken = broken_answers(url)
+                    print(f"{model} {engine}: broken {len(broken)} of 32", flush=True)
+                    for b in broken:
+                        print(f"  {b}", flush=True)
+                    if a.tools and engine == "gguf":
+                        f = call_rates(url)
+                        print(f"{model} gguf: held out, of 40: the right tool {f['tool']}, the whole call right "
+                              f"{f['call']}, answers from the result {f['answer']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
