@@ -1,4 +1,4 @@
-"""edgeport/models/served_check.py judges a candidate's answers through the real server and `openai` client:
+"""edgeport/benchmarking/served_check.py judges a candidate's answers through the real server and `openai` client:
 scripted engines here (one that answers in well-formed harmony, one whose analysis never ends), so what
 is on trial is the judging; build_tools' candidates are what it runs on."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeport.models import served_check
+from edgeport.benchmarking import served_check
 from tests.conftest import asgi_server
 from tests.test_tools import _looping
 

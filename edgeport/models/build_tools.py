@@ -256,7 +256,7 @@ tests/test_harmony_model.py and tests/test_tool_model.py) rather than in process
 `--served-like`, which sees that noise at least.
 
 Tenth session (2026-12-07, AMD EPYC, 2 cores). Candidates judged as served: `python -m
-edgeport.models.served_check DIR --tools` (both exports behind the real server: broken harmony answers of 32,
+edgeport.benchmarking.served_check DIR --tools` (both exports behind the real server: broken harmony answers of 32,
 the 8 eval prompts at three efforts and at low effort with the tools offered; and the held-out rates over
 GGUF). In process and served disagree both ways. The ninth session's saves, served (GGUF / ONNX, broken of
 32): qd's step-100 save 2 / 1 (the two-turn prompt at low effort), qe 3 / -, qf-step50 2 / -, qf 0 / 2,

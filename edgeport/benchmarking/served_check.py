@@ -6,7 +6,7 @@ In-process figures (`build_tools --check-only`) did not predict the served ones:
 candidates with 2-3 broken answers in process that broke none over GGUF, and the reverse. An answer is
 broken when it does not end ("length"), lacks its reasoning or its content, or makes a call.
 
-    python -m edgeport.models.served_check DIR [DIR ...] [--engine gguf|onnx ...] [--tools]
+    python -m edgeport.benchmarking.served_check DIR [DIR ...] [--engine gguf|onnx ...] [--tools]
 
 `--tools` adds the held-out call and answer rates over GGUF (tests/test_tool_model.py's 40 questions).
 """
@@ -24,14 +24,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgeport.core.source import Source
+from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
+from edgeport.models.build_harmony import EVAL_PROMPTS
+from edgeport.models.build_tools import ADD, WEATHER, heldout_calls, run_tool
+from edgeport.serving.engines import free_port
+
 ENGINES = {"gguf": "cpu", "onnx": "onnx"}
 
 
 def export_for(model: Path, engine: str, work: Path) -> Path:
     """The artifact tests/test_harmony_model.py serves for `engine`, from the model directory `model`."""
-    from edgeport.core.source import Source
-    from edgeport.export.hf_mxfp4 import write_mxfp4_checkpoint
-
     if engine == "onnx":  # the case onnx-gpt-oss-mxfp4-int8: the experts stored as MXFP4 first
         mx = work / "mxfp4"
         write_mxfp4_checkpoint(Source.open(model), mx)
@@ -47,7 +50,6 @@ def export_for(model: Path, engine: str, work: Path) -> Path:
 @contextlib.contextmanager
 def serving(artifact: Path) -> Iterator[str]:
     """`python -m edgeport.serving` on a free port until the block ends; its base URL."""
-    from edgeport.serving.engines import free_port
 
     port = free_port()
     ready = artifact.parent / f".ready-{port}"
@@ -70,8 +72,6 @@ def broken_answers(url: str) -> list[tuple[str, int, str]]:
     with the tools offered (effort "tools-low")."""
     from openai import OpenAI
 
-    from edgeport.models.build_harmony import EVAL_PROMPTS
-    from edgeport.models.build_tools import ADD, WEATHER
 
     c = OpenAI(base_url=f"{url}/v1", api_key="unused")
     model = c.models.list().data[0].id
@@ -98,7 +98,6 @@ def call_rates(url: str) -> dict[str, int]:
     import jsonschema
     from openai import OpenAI
 
-    from edgeport.models.build_tools import ADD, WEATHER, heldout_calls, run_tool
 
     c = OpenAI(base_url=f"{url}/v1", api_key="unused")
     model = c.models.list().data[0].id
