@@ -129,18 +129,26 @@ def main() -> None:
     ap.add_argument("--engine", action="append", choices=list(ENGINES), help="default: both")
     ap.add_argument("--tools", action="store_true", help="also the held-out call and answer rates (over GGUF)")
     a = ap.parse_args()
-    os.environ.setdefault("EDGEPORT_IMATRIX_CACHE", tempfile.mkdtemp(prefix="edgeport-check-imatrix-"))
     for model in a.models:
         if not (model / "model.safetensors").is_file():
             raise SystemExit(f"{model}: no model.safetensors there")
+    with tempfile.TemporaryDirectory(prefix="edgeport-served-check-") as cache:
+        # the exports' importance matrices are the candidate's own, never the user's cache
+        os.environ.setdefault("EDGEPORT_IMATRIX_CACHE", cache)
+        check(a.models, a.engine or list(ENGINES), a.tools)
+
+
+def check(models: list[Path], engines: list[str], tools: bool) -> None:
+    """Each model's broken answers per engine (and with `tools`, its held-out rates over GGUF), printed."""
+    for model in models:
         with tempfile.TemporaryDirectory(prefix="edgeport-served-check-") as tmp:
-            for engine in a.engine or list(ENGINES):
+            for engine in engines:
                 with serving(export_for(model.resolve(), engine, Path(tmp) / engine)) as url:
                     broken = broken_answers(url)
                     print(f"{model} {engine}: broken {len(broken)} of 32", flush=True)
                     for b in broken:
                         print(f"  {b}", flush=True)
-                    if a.tools and engine == "gguf":
+                    if tools and engine == "gguf":
                         f = call_rates(url)
                         print(f"{model} gguf: held out, of 40: the right tool {f['tool']}, the whole call right "
                               f"{f['call']}, answers from the result {f['answer']}", flush=True)
