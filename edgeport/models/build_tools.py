@@ -876,8 +876,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     experts = ExpertQAT(model) if qat else None
     fake = FakeQuant([*(experts.pairs if experts else []), *(ServedQAT(model, served).pairs if served else [])])
     conv = Conversations(seed=seed)
-    mconv = Conversations(seed=seed + 5000)
-    dconv = Conversations(seed=seed + 6000)
+    mconv = Conversations(seed=seed + 5000) if multi_batch_n else None
+    dconv = Conversations(seed=seed + 6000) if distill_n else None  # each reads the training files
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
     answers = teacher_answers(teacher, tok, Conversations(seed=seed + 7000), tc, pool) if teacher_n else []
     prng = random.Random(seed + 8000)

@@ -82,6 +82,7 @@ class Engine(ABC):
         self.info, self.n_ctx, self.slots = info, n_ctx, slots
         self.stop_texts: list[str] = []  # the stop tokens as rendered text (cut from the output)
         self.vocab_size = 1 << 31  # known per engine where it can be read
+        self._token_ids: dict[tuple[str, ...], list[int]] = {}  # token_ids' lookups
 
     def constraint_error(self, param: str = "response_format") -> APIError:
         """The 400 for a request this engine cannot constrain (structured output, forced tool calls)."""
@@ -105,10 +106,9 @@ class Engine(ABC):
 
     async def token_ids(self, texts: tuple[str, ...]) -> list[int]:
         """The ids of `texts` that are one token each (special tokens), looked up once per engine."""
-        known = self.__dict__.setdefault("_token_ids", {})
-        if texts not in known:
-            known[texts] = [t[0] for t in [await self.tokenize(x) for x in texts] if len(t) == 1]
-        return known[texts]
+        if texts not in self._token_ids:
+            self._token_ids[texts] = [t[0] for t in [await self.tokenize(x) for x in texts] if len(t) == 1]
+        return self._token_ids[texts]
 
     @abstractmethod
     def generate(self, gen: Generation) -> AsyncIterator[Piece]: ...
