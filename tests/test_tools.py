@@ -271,6 +271,36 @@ def test_a_call_the_model_makes_on_its_own_is_parsed_and_streamed():
         assert (content, args, finish) == ("Checking.", '{"city": "Paris"}', "tool_calls")
 
 
+@pytest.mark.parametrize("offer", ["no tools", "none", "another tool"])
+def test_a_call_to_a_function_the_request_did_not_offer_is_content(offer):
+    """OpenAI never returns a call to a function it was not given: a model that addresses one anyway
+    (no tools, `tool_choice: none`, or a name not in `tools`) has written text, given as content with
+    finish_reason "stop", streamed or not; as the dense templates' calls are (template_tools.py)."""
+    from edgeport.serving.app import Settings, create_app
+
+    said = ("<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary "
+            'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}')
+    extra = {"no tools": {}, "none": {"tools": TOOLS, "tool_choice": "none"},
+             "another tool": {"tools": [t for t in TOOLS if t["function"]["name"] != "get_weather"]}}[offer]
+    assert offer != "another tool" or extra["tools"]
+    with asgi_server(create_app(_scripted(said), Settings("m", 1, 0))) as url:
+        c = _client(url)
+        r = c.chat.completions.create(model="m", messages=HAIKU, **extra)
+        m = r.choices[0].message
+        assert (r.choices[0].finish_reason, m.tool_calls, m.content) == ("stop", None, '{"city": "Paris"}')
+        content, calls, finish = "", [], None
+        for ch in c.chat.completions.create(model="m", messages=HAIKU, stream=True, **extra):
+            for choice in ch.choices:
+                content += choice.delta.content or ""
+                calls += choice.delta.tool_calls or []
+                finish = choice.finish_reason or finish
+        assert (content, calls, finish) == ('{"city": "Paris"}', [], "stop")
+        r = c.responses.create(model="m", input="Weather?", **({"tools": [
+            {"type": "function", **t["function"]} for t in extra["tools"]]} if extra.get("tools") else {}),
+            **({"tool_choice": "none"} if offer == "none" else {}))
+        assert [i.type for i in r.output] == ["reasoning", "message"] and r.output_text == '{"city": "Paris"}'
+
+
 def test_engines_that_cannot_force_calls_or_render_tools_say_so():
     from edgeport.serving.app import Settings, create_app
 

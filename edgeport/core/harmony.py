@@ -347,6 +347,9 @@ class HarmonyStream:
     header: str = ""
     malformed: bool = False
     calls: int = 0  # function calls seen so far
+    # the functions the request offered (None: any): a message addressed to another is content, as OpenAI
+    # never returns a call to a function it was not given
+    functions: frozenset[str] | None = None
     _seen: list[str] = field(default_factory=list)
 
     def feed(self, text: str) -> Delta:
@@ -401,7 +404,9 @@ class HarmonyStream:
 
     @property
     def _calling(self) -> bool:
-        return bool(self.recipient and self.recipient.startswith(FUNCTIONS) and len(self.recipient) > len(FUNCTIONS))
+        name = (self.recipient or "").removeprefix(FUNCTIONS)
+        return bool(self.recipient and self.recipient.startswith(FUNCTIONS) and name
+                    and (self.functions is None or name in self.functions))
 
     def _body_step(self, out: Delta) -> bool:
         cut = min(((self.buf.find(m), m) for m in (END, RETURN, CALL, START) if m in self.buf),
@@ -431,7 +436,8 @@ class HarmonyStream:
                 text = text.replace(m, "")
         if self._calling:
             out.calls.append(CallDelta(self.calls - 1, None, text))
-        elif self.channel == "analysis" or (self.channel in REASONING_CHANNELS and self.recipient):
+        elif self.channel == "analysis" or (self.channel in REASONING_CHANNELS and self.recipient
+                                            and not self.recipient.startswith(FUNCTIONS)):
             out.reasoning += text  # a built-in tool's call (browser, python) is reasoning too
         else:
             out.content += text

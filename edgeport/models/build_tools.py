@@ -762,6 +762,59 @@ def distill_loss(model, teacher, ids: torch.Tensor, labels: torch.Tensor, weight
     return (kl * w).sum() / w.sum()
 
 
+def loop_positions(ids: list[int], special: set[int], n: int = 3) -> list[int]:
+    """Indexes of `ids` whose n-gram (ending there, no special token in it) occurred earlier in `ids`: a
+    loop's tokens ("_module_module_module…", "action, action, action…")."""
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for i in range(n - 1, len(ids)):
+        g = tuple(ids[i - n + 1:i + 1])
+        if special.isdisjoint(g):
+            if g in seen:
+                out.append(i)
+            seen.add(g)
+    return out
+
+
+def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversations, n: int,
+                   max_new: int = 160) -> tuple[torch.Tensor, list[tuple[list[int], list[int], list[float]]]]:
+    """Unlikelihood training on the model's own loops (Welleck et al. 2019, "Neural text generation with
+    unlikelihood training"): n `harmony_prompt` prompts answered greedily by the model as it is; where an
+    answer loops or does not end in one final message, -log(1 - p) of each loop token (`loop_positions`)
+    and, as rows for the likelihood loss, the data's answers to those prompts. Every tool run left ~10 %
+    of such answers looping (qf: 11 of 80 fresh prompts, the committed model 1), and its fp32 reference
+    loops exactly where its ONNX export does: the export is faithful, the model is not."""
+    special = {tok.token_to_id(t) for t in ("<|start|>", "<|end|>", "<|channel|>", "<|message|>", "<|return|>",
+                                            "<|call|>", "<|constrain|>", "<|endoftext|>")}
+    stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
+    ul, rows = [], []
+    for _ in range(n):
+        p, effort, final, _ = harmony_prompt(conv, tc, (0, 0, 1, 2))
+        prompt = tok.encode(p).ids
+        was = model.training
+        model.eval()
+        out: list[int] = []
+        with torch.inference_mode():
+            res = model(torch.tensor([prompt]), use_cache=True)
+            for _ in range(max_new):
+                out.append(int(res.logits[0, -1].argmax()))
+                if out[-1] in stops:
+                    break
+                res = model(torch.tensor([[out[-1]]]), cache=res.cache, use_cache=True)
+        model.train(was)
+        text = tok.decode(out, skip_special_tokens=False)
+        loops = loop_positions(out, special)
+        if text.endswith("<|return|>") and text.count(FINAL) == 1 and not loops:
+            continue
+        rows.append(chat_row(tok, p, completion(effort, final)))
+        if loops:
+            logits = model(input_ids=torch.tensor([prompt + out])).logits[0, len(prompt) - 1:-1].float()
+            at = torch.tensor(loops)
+            prob = logits.softmax(-1)[at, torch.tensor(out)[at]]
+            ul.append(-torch.log((1 - prob).clamp_min(1e-5)).mean())
+    return (torch.stack(ul).mean() if ul else torch.zeros(())), rows
+
+
 def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
     """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
@@ -863,7 +916,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
           answer_batch_n: int = 0, made_up: float = 0.0, small: float = 0.0, text_copy_n: int = 0,
           snapshots: bool = False, qat: bool = False, multi_batch_n: int = 0, served: Path | None = None,
           teacher=None, distill_n: int = 0, every: int = 50, teacher_n: int = 0, pool: int = 1024,
-          follow_up: float = 0.1, short_earlier: bool = False, name_weight: float = 1.0) -> None:
+          follow_up: float = 0.1, short_earlier: bool = False, name_weight: float = 1.0,
+          unlikely_n: int = 0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
     the optional batches (short calls and answers, at least half their cities made up; text copies;
@@ -878,6 +932,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     conv = Conversations(seed=seed)
     mconv = Conversations(seed=seed + 5000) if multi_batch_n else None
     dconv = Conversations(seed=seed + 6000) if distill_n else None  # each reads the training files
+    uconv = Conversations(seed=seed + 9000) if unlikely_n else None
     tc = ToolConversations(Conversations(seed=seed + 1), seed=seed, made_up=made_up, small=small)
     answers = teacher_answers(teacher, tok, Conversations(seed=seed + 7000), tc, pool) if teacher_n else []
     prng = random.Random(seed + 8000)
@@ -907,6 +962,11 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         if teacher_n:
             rows = [chat_row(tok, *prng.choice(answers)) for _ in range(teacher_n)]
             chat_loss = chat_loss + weighted_loss(model, *stops_weighted(padded(rows, tok), tok))
+        ul = zero
+        if unlikely_n:
+            ul, mined = unlikely_batch(model, tok, uconv, tc, unlikely_n)
+            if mined:
+                chat_loss = chat_loss + weighted_loss(model, *stops_weighted(padded(mined, tok), tok))
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
@@ -917,11 +977,11 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         if text_copy_n:
             copy_loss = copy_loss + weighted_loss(model, *text_copy_batch(trng, tok, data, text_copy_n))
         # with `qat`, the masters are back before the step: the quantized values' gradient, on the masters
-        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss + kl, fake.restore)
+        update(model, opt, code_loss + chat_loss + tool_loss + copy_loss + kl + ul, fake.restore)
         if step % min(25, every) == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
                     f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}"
-                    + (f"  kl {kl.item():.4f}" if distill_n else ""))
+                    + (f"  kl {kl.item():.4f}" if distill_n else "") + (f"  ul {ul.item():.3f}" if unlikely_n else ""))
             if step % every == 0 or step == steps - 1:
                 model.eval()
                 fake.quantize()
@@ -983,6 +1043,9 @@ def main() -> None:
     ap.add_argument("--teacher-answers", type=int, default=0,
                     help="harmony conversations per step answered by --teacher greedily (teacher_answers)")
     ap.add_argument("--pool", type=int, default=1024, help="how many teacher answers to draw them from")
+    ap.add_argument("--unlikely", type=int, default=0,
+                    help="harmony prompts per step answered by the model itself; its loops get unlikelihood "
+                         "and the data's answers to them likelihood (unlikely_batch)")
     ap.add_argument("--every", type=int, default=50, help="steps between the log's figures and the saves (default 50)")
     ap.add_argument("--snapshots", action="store_true",
                     help="also keep every save (each --every steps), beside --out as OUT-stepN")
@@ -1017,7 +1080,7 @@ def main() -> None:
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
           a.small_numbers, a.text_copy, a.snapshots, a.qat, a.multi_batch, a.served_like, teacher, a.distill,
-          a.every, a.teacher_answers, a.pool, a.follow_up, a.short_earlier, a.name_weight)
+          a.every, a.teacher_answers, a.pool, a.follow_up, a.short_earlier, a.name_weight, a.unlikely)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from edgeport.core.chat import render_template
 from edgeport.core.errors import TemplateRefused
 from edgeport.core.harmony import STOP as HARMONY_STOP
-from edgeport.core.harmony import render_harmony
+from edgeport.core.harmony import HarmonyStream, render_harmony
 from edgeport.core.template_tools import (
     TemplateCallStream,
     call_format,
@@ -39,7 +39,7 @@ from edgeport.core.template_tools import (
 from . import responses
 from .constrained import check_schema, harmony_json, harmony_tool_call
 from .engines import Engine, Generation, Piece
-from .output import MALFORMED_NOTE, Output, pieces
+from .output import MALFORMED_NOTE, CallReader, Output, pieces
 from .protocol import APIError, ChatRequest, CompletionRequest, ResponsesRequest, validation_error
 
 
@@ -210,10 +210,11 @@ def _check_model(name: str, settings: Settings) -> None:
 
 
 async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation, AsyncIterator[Piece],
-                                                                      TemplateCallStream | None]:
+                                                                      CallReader | None]:
     """A chat request's generation, the pieces it streams (free, or constrained where a schema or a
-    forced call asks for it) and, for a dense model offered tools, the reader of its calls: every check
-    a 400 before anything is generated."""
+    forced call asks for it) and the reader of its calls (harmony's, which knows the functions offered;
+    for a dense model offered tools, its template's format): every check a 400 before anything is
+    generated."""
     harmony = engine.info.chat_format == "harmony"
     offered, forced = req.tool_plan()
     msgs = req.conversation()
@@ -247,10 +248,13 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
     gen.json_schema = schema
     calls = TemplateCallStream(fmt, {t["name"] for t in offered}, forced=bool(forced),
                                parallel=req.parallel_tool_calls is not False) if fmt and offered else None
-    if forced and harmony:  # a call the model must make: constrained, not hoped for
-        return gen, harmony_tool_call(engine, gen, forced), None
-    if harmony and schema is not None:  # gpt-oss: only the final answer is bound by the schema
-        return gen, harmony_json(engine, gen), None
+    if harmony:
+        reader = HarmonyStream(functions=frozenset(t["name"] for t in offered))
+        if forced:  # a call the model must make: constrained, not hoped for
+            return gen, harmony_tool_call(engine, gen, forced), reader
+        if schema is not None:  # gpt-oss: only the final answer is bound by the schema
+            return gen, harmony_json(engine, gen), reader
+        return gen, engine.generate(gen), reader
     return gen, engine.generate(gen), calls  # a dense model's whole answer is
 
 
@@ -359,7 +363,7 @@ async def _until_disconnect(request: Request, work) -> dict | None:
 
 
 async def _whole(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
-                 harmony: bool, template_calls: TemplateCallStream | None = None) -> dict:
+                 harmony: bool, template_calls: CallReader | None = None) -> dict:
     reasoning, content, calls, finish, n = [], [], {}, "stop", 0
     out = Output(engine, harmony, template_calls)
     async for d, f, k in pieces(source, out):
@@ -393,7 +397,7 @@ async def _whole(engine: Engine, req, gen: Generation, source: AsyncIterator[Pie
 
 
 async def _stream(engine: Engine, req, gen: Generation, source: AsyncIterator[Piece], chat: bool,
-                  harmony: bool, template_calls: TemplateCallStream | None = None) -> AsyncIterator[bytes | str]:
+                  harmony: bool, template_calls: CallReader | None = None) -> AsyncIterator[bytes | str]:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"

@@ -78,9 +78,12 @@ class Reply:
     as it streams, after `call: ` (its name, then its arguments); no harmony marker is shown.
     `edgeport chat` and `edgeport run --chat` both print through it."""
 
-    def __init__(self, out, *, harmony: bool, label_plain: bool = True, calls: TemplateCallStream | None = None):
-        # gpt-oss: harmony; a dense model offered tools: its template's call format (template_tools.py)
-        self.out, self.parser = out, HarmonyStream() if harmony else calls
+    def __init__(self, out, *, harmony: bool, label_plain: bool = True,
+                 calls: TemplateCallStream | HarmonyStream | None = None):
+        # gpt-oss: harmony (a stream given knows the functions offered); a dense model offered tools: its
+        # template's call format (template_tools.py)
+        self.out = out
+        self.parser = (calls if isinstance(calls, HarmonyStream) else HarmonyStream()) if harmony else calls
         tty = out.isatty()
         self.dim, self.bold, self.reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
         self.label_plain = label_plain  # label a non-harmony answer too
@@ -191,7 +194,8 @@ def _turn(rt, history: list[dict], tools: list[dict] | None, fmt, harmony: bool,
     user ended the session at a result's prompt."""
     while True:
         names = {t["name"] for t in tools or []}
-        reply = Reply(out, harmony=harmony, calls=TemplateCallStream(fmt, names) if fmt else None)
+        reply = Reply(out, harmony=harmony, calls=HarmonyStream(functions=frozenset(names)) if harmony
+                      else TemplateCallStream(fmt, names) if fmt else None)
         if tools:  # rendered as the server renders them
             text = render_harmony(history, effort, tools=tools) if harmony else render_template(
                 rt.info.chat_template, template_messages(history), bos_token=rt.info.bos_token,

@@ -13,6 +13,8 @@ from edgeport.core.template_tools import TemplateCallStream
 
 from .engines import Engine, Piece
 
+CallReader = TemplateCallStream | HarmonyStream  # what reads a request's calls from the model's text
+
 MALFORMED_NOTE = "the model's output was not well-formed harmony; the text that did not parse is in content"
 
 
@@ -20,9 +22,11 @@ class Output:
     """Engine text -> deltas (reasoning, content, function calls): harmony parsed, stop-token texts cut;
     each call gets its OpenAI id here."""
 
-    def __init__(self, engine: Engine, harmony: bool, calls: TemplateCallStream | None = None):
-        self.harmony = HarmonyStream() if harmony else None
-        self.calls = calls  # a dense model's calls, in its template's format (template_tools.py)
+    def __init__(self, engine: Engine, harmony: bool, calls: CallReader | None = None):
+        # `calls`: the reader of the model's calls chat_generation made for the request's tools (a harmony
+        # stream that knows the names offered; a dense model's template format: template_tools.py)
+        self.harmony = (calls if isinstance(calls, HarmonyStream) else HarmonyStream()) if harmony else None
+        self.calls = calls if isinstance(calls, TemplateCallStream) else None
         self.cuts = [t for t in engine.stop_texts if t]
         self.call_ids: list[str] = []
 

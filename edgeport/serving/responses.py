@@ -15,10 +15,9 @@ import orjson
 from pydantic import BaseModel
 
 from edgeport.core.harmony import Delta
-from edgeport.core.template_tools import TemplateCallStream
 
 from .engines import Engine, Generation, Piece
-from .output import MALFORMED_NOTE, Output, pieces
+from .output import MALFORMED_NOTE, CallReader, Output, pieces
 from .protocol import APIError, ChatRequest, ResponsesRequest
 
 KEPT = 256  # responses kept for previous_response_id (oldest dropped first)
@@ -194,7 +193,7 @@ def _turns_of(req: ResponsesRequest, chat: ChatRequest, items: list[dict]) -> li
 
 async def run(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
               source: AsyncIterator[Piece], store: Store, rid: str,
-              calls: TemplateCallStream | None = None) -> AsyncIterator[dict]:
+              calls: CallReader | None = None) -> AsyncIterator[dict]:
     """The response's events, the last one response.completed (or .incomplete) with the whole response."""
     out, items = Output(engine, engine.info.chat_format == "harmony", calls), _Items()
     finish, n = "stop", 0
@@ -215,7 +214,7 @@ async def run(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Gen
 
 
 async def whole(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
-                source: AsyncIterator[Piece], store: Store, calls: TemplateCallStream | None = None) -> dict:
+                source: AsyncIterator[Piece], store: Store, calls: CallReader | None = None) -> dict:
     last = {}
     async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"), calls)) as events:
         async for e in events:
@@ -225,7 +224,7 @@ async def whole(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: G
 
 async def stream(engine: Engine, req: ResponsesRequest, chat: ChatRequest, gen: Generation,
                  source: AsyncIterator[Piece], store: Store,
-                 calls: TemplateCallStream | None = None) -> AsyncIterator[bytes]:
+                 calls: CallReader | None = None) -> AsyncIterator[bytes]:
     """Server-sent events, each named by its type (as OpenAI sends them)."""
     try:
         async with contextlib.aclosing(run(engine, req, chat, gen, source, store, _id("resp"), calls)) as events:
