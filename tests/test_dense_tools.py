@@ -1,11 +1,14 @@
 """Tool calls for a dense model whose chat template declares tools (Llama 3.1's JSON calls, the
-Hermes / Qwen `<tool_call>` blocks and Mistral's `[TOOL_CALLS]` arrays: edgeport/core/template_tools.py),
+Hermes / Qwen `<tool_call>` blocks, Mistral's `[TOOL_CALLS]` arrays and its newer `[TOOL_CALLS]name[ARGS]`
+calls: edgeport/core/template_tools.py),
 through the real `openai` client and LangChain against `python -m edgeport.serving` over llama-server
 (GGUF) and the in-process ONNX runtime.
 
 The model is the bundled tiny Llama with tests/templates/llama3-tools.jinja (Meta's format, cut down),
 tests/templates/hermes-tools.jinja (Qwen 2.5's, with the Llama's turn tokens) or
-tests/templates/mistral-tools.jinja (Mistral 7B Instruct v0.3's, cut down) as its chat template. It
+tests/templates/mistral-tools.jinja (Mistral 7B Instruct v0.3's, cut down) or
+tests/templates/mistral-args-tools.jinja (Mistral Small 3.2's `[TOOL_CALLS]name[ARGS]{…}`, cut down) as its
+chat template. It
 was never taught to call tools, so a call it makes under `tool_choice` required
 or named is the constraint's doing; what it writes on its own under `auto` is read by the same parser,
 tested here on a scripted engine. Per engine and template: 21 forced calls (required and each tool, temperature 0
@@ -25,10 +28,12 @@ from tests.conftest import ROOT, asgi_server
 from tests.test_serving import _client, _model, server
 from tests.test_tools import HAIKU, SCHEMAS, TOOLS, _refused
 
-TEMPLATES = {name: ROOT / "tests" / "templates" / f"{name}-tools.jinja" for name in ("llama3", "hermes", "mistral")}
+TEMPLATES = {name: ROOT / "tests" / "templates" / f"{name}-tools.jinja"
+             for name in ("llama3", "hermes", "mistral", "mistral-args")}
 LLAMA3 = call_format(TEMPLATES["llama3"].read_text())
 HERMES = call_format(TEMPLATES["hermes"].read_text())
 MISTRAL = call_format(TEMPLATES["mistral"].read_text())
+MISTRAL_ARGS = call_format(TEMPLATES["mistral-args"].read_text())
 ROUND_TRIP = [{"role": "user", "content": "Weather in Paris?"},
               {"role": "assistant", "content": None,
                "tool_calls": [{"id": "call_1", "type": "function",
@@ -104,9 +109,11 @@ def test_tools_and_a_result_are_rendered_by_the_template(served):
     text = render_template(TEMPLATES[template].read_text(), template_messages(req.conversation()),
                            bos_token=cfg.get("bos_token") or "", eos_token=cfg.get("eos_token") or "",
                            tools=template_tools(req.tool_plan()[0]))
-    result, key = {"llama3": ("ipython", "parameters"), "hermes": ("<tool_response>", "arguments"),
-                   "mistral": ("[TOOL_RESULTS]", "arguments")}[template]
-    assert '"name": "get_weather"' in text and result in text and f'"{key}": {{"city": "Paris"}}' in text
+    result, call = {"llama3": ("ipython", '"name": "get_weather", "parameters": {"city": "Paris"}'),
+                    "hermes": ("<tool_response>", '"name": "get_weather", "arguments": {"city": "Paris"}'),
+                    "mistral": ("[TOOL_RESULTS]", '"name": "get_weather", "arguments": {"city": "Paris"}'),
+                    "mistral-args": ("[TOOL_RESULTS]", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}')}[template]
+    assert '"name": "get_weather"' in text and result in text and call in text
     r = c.chat.completions.create(model=model, messages=ROUND_TRIP, tools=TOOLS, max_tokens=8, temperature=0)
     assert r.usage.prompt_tokens == len(tok.encode(text, add_special_tokens=False).ids)
     # a forced call continues the format's opening (Hermes: "<tool_call>\n"), written into the prompt
@@ -194,6 +201,10 @@ def _array(*calls: tuple[str, dict], ids: bool = False) -> str:
                                          for i, (n, a) in enumerate(calls)])
 
 
+def _named(call: tuple[str, dict]) -> str:
+    return f"[TOOL_CALLS]{call[0]}[ARGS]{json.dumps(call[1])}"
+
+
 PARIS, SUM = ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})
 
 
@@ -216,6 +227,13 @@ PARIS, SUM = ("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})
     ("mistral", "[TOOL_CALLS] [{not json}]", None, []),
     ("mistral", "[1, 2] is a list.", None, []),
     ("mistral", "It is sunny.", None, []),
+    ("mistral-args", _named(PARIS), "", [PARIS]),
+    ("mistral-args", f"Let me look.{_named(PARIS)}{_named(SUM)}", "Let me look.", [PARIS, SUM]),  # parallel
+    ("mistral-args", f"{_named(SUM)}{_named(('nope', {}))}", None, []),  # one unknown: all of it is text
+    ("mistral-args", "[TOOL_CALLS]add[ARGS]{not json}", None, []),
+    ("mistral-args", '[TOOL_CALLS]add{"a": 1, "b": 2}', None, []),  # no [ARGS]
+    ("mistral-args", "Use [TOOL_CA", None, []),
+    ("mistral-args", "It is sunny.", None, []),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 12 else None)
 def test_a_call_the_model_makes_on_its_own_is_read_streamed_or_not(template, said, content, calls):
     """`content` None: the message is all text (as written; around calls, whitespace aside)."""
@@ -281,6 +299,22 @@ def test_parallel_tool_calls_false_gives_the_first_call_of_a_mistral_array():
             assert [(t.function.name, json.loads(t.function.arguments)) for t in m.tool_calls] == want
 
 
+def test_a_named_call_streams_text_until_it_opens_and_a_forced_one_is_continued():
+    s = TemplateCallStream(MISTRAL_ARGS, {"add", "get_weather"})
+    assert s.feed("Sure [TOOL").content == "Sure " and not s.feed("_CA")  # maybe an opener: held
+    assert not s.feed('LLS]add[ARGS]{"a": 1}') and not s.feed('[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}')
+    d = s.finish()
+    assert [(c.index, c.name, json.loads(c.arguments)) for c in d.calls] == [
+        (0, "add", {"a": 1}), (1, "get_weather", {"city": "Oslo"})] and not d.content
+    s = TemplateCallStream(MISTRAL_ARGS, {"add"}, parallel=False)
+    s.feed(f"{_named(SUM)}{_named(SUM)}")
+    assert len(s.finish().calls) == 1
+    # forced: the prompt ended with "[TOOL_CALLS]"; the front writes the name and [ARGS], the model the JSON
+    s = TemplateCallStream(MISTRAL_ARGS, {"add"}, forced=True)
+    assert not s.feed('add[ARGS]{"a": 2, "b": 3}')
+    assert [(c.name, json.loads(c.arguments)) for c in s.finish().calls] == [("add", {"a": 2, "b": 3})]
+
+
 def test_mistral_ids_are_nine_characters_and_a_result_keeps_its_calls_id():
     """Mistral's templates refuse call ids that are not 9 letters or digits (OpenAI's are `call_...`);
     the front renders each as a 9-character id, the same for the call and for its result, and numbers
@@ -337,6 +371,8 @@ def test_only_known_call_formats_are_rendered_with_tools():
     assert LLAMA3 is not None and LLAMA3.name == "llama3_json"
     assert HERMES is not None and HERMES.name == "hermes" and HERMES.forced_prefix == "<tool_call>\n"
     assert MISTRAL is not None and MISTRAL.name == "mistral" and MISTRAL.forced_prefix == "[TOOL_CALLS]"
+    assert MISTRAL_ARGS is not None and MISTRAL_ARGS.name == "mistral_args"
+    assert MISTRAL_ARGS.forced_prefix == "[TOOL_CALLS]"
 
 
 def test_the_onnx_engine_ends_an_integer_where_llama_cpp_does():

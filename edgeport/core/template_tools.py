@@ -14,6 +14,9 @@ JSON schema that forces one (`tool_choice` required or named, enforced as any `r
   whole message is `[TOOL_CALLS] [{"name": "add", "arguments": {"a": 1, "b": 2}}, ...]`, any number of
   calls in the array, each perhaps with an "id"; results come back in `[TOOL_RESULTS]` with the call's id,
   which these templates insist is 9 letters or digits (`template_messages` makes them so).
+- `mistral_args` (Mistral Small 3.1+/3.2, Magistral, Devstral: templates that write `[ARGS]`): each call
+  is `[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}`, the name outside the JSON, any number of them in one
+  message, after text or not; results come back in `[TOOL_RESULTS]`.
 
 A template that declares tools in any other way is refused (a 400 naming it), never rendered with tools
 the front cannot read back.
@@ -39,15 +42,22 @@ class CallFormat:
     # whole message is one call, or with `array` a JSON array of calls
     array: bool = False
     extra_keys: tuple[str, ...] = ()  # what else a call object may hold (Mistral's "id")
+    named: str | None = None  # each call is prefixes[0] + its name + this + its JSON arguments
 
     @property
     def forced_prefix(self) -> str:
         """What the prompt ends with when a call is forced, so the schema-bound JSON is the call's."""
-        return f"{self.block[0]}\n" if self.block else self.prefixes[0] if self.array else ""
+        return f"{self.block[0]}\n" if self.block else self.prefixes[0] if self.array or self.named else ""
+
+    @property
+    def opener(self) -> str | None:
+        """What opens a call after text (block and named formats); the text before it streams."""
+        return self.block[0] if self.block else self.prefixes[0] if self.named else None
 
 
 # In the order tried: the first whose marker the template holds is its format.
 FORMATS = (
+    CallFormat("mistral_args", ("[ARGS]",), ("[TOOL_CALLS]",), ("arguments",), named="[ARGS]"),
     CallFormat("mistral", ("[TOOL_CALLS]",), ("[TOOL_CALLS]",), ("arguments",), array=True, extra_keys=("id",)),
     CallFormat("hermes", ("<tool_call>",), (), ("arguments",), ("<tool_call>", "</tool_call>")),
     CallFormat("llama3_json", ("<|python_tag|>", "ipython", '"parameters"'), ("<|python_tag|>",),
@@ -164,6 +174,17 @@ def _call(fmt: CallFormat, obj, names: set[str]) -> tuple[str, str] | None:
     return obj["name"], json.dumps(args)
 
 
+def _named_call(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, str] | None:
+    """`name[ARGS]{…}` (what follows a call's opener) as (name, arguments as JSON text), if it calls one of
+    `names` with a JSON object."""
+    name, sep, args = text.partition(fmt.named or "")
+    try:
+        obj = json.loads(args)
+    except json.JSONDecodeError:
+        return None
+    return (name.strip(), json.dumps(obj)) if sep and name.strip() in names and isinstance(obj, dict) else None
+
+
 def read_message(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, list[tuple[str, str]]]:
     """A whole assistant message as (content, calls). Every call must parse and name an offered tool,
     or the message is all content: never half a message's calls. A block format's last block may
@@ -172,6 +193,10 @@ def read_message(fmt: CallFormat, text: str, names: set[str]) -> tuple[str, list
         obj = _body(fmt, text)
         calls = [_call(fmt, c, names) for c in obj] if isinstance(obj, list) else []
         return ("", calls) if calls and None not in calls else (text, [])
+    if fmt.named:
+        i = text.find(fmt.prefixes[0])
+        calls = [_named_call(fmt, c, names) for c in text[i:].split(fmt.prefixes[0])[1:]] if i >= 0 else []
+        return (text[:i].strip(), calls) if calls and None not in calls else (text, [])
     if fmt.block is None:
         call = parse_call(fmt, text, names)
         return ("", [call]) if call else (text, [])
@@ -187,7 +212,8 @@ class TemplateCallStream:
     """Feed a dense model's answer text; get content and function calls. What may be a call is held back
     until the message ends, then given as calls when `read_message` finds them, else as the content it
     is; the rest streams as it comes. Whole-message formats hold a message that starts with `{` or a
-    prefix; block formats stream text until a block opens (and a tail that may be its marker's start).
+    prefix; block and named formats stream text until a call opens (and a tail that may be its opener's
+    start).
     `forced`: the prompt ended with the format's forced_prefix, which the model's text continues.
     `parallel` False: one call at most (an array format's first; a block format's message is ended at
     its first block by a stop string instead)."""
@@ -201,10 +227,10 @@ class TemplateCallStream:
         if self.decided:
             return Delta(content=text)
         self.held += text
-        if self.fmt.block:
-            i = self.held.find(self.fmt.block[0])
+        if opener := self.fmt.opener:
+            i = self.held.find(opener)
             if i < 0:
-                i = len(self.held) - _partial(self.held, self.fmt.block[0])
+                i = len(self.held) - _partial(self.held, opener)
             out, self.held = self.held[:i], self.held[i:]
             return Delta(content=out)
         lead = self.held.lstrip()

@@ -37,7 +37,7 @@ from edgeport.core.template_tools import (
 )
 
 from . import responses
-from .constrained import check_schema, harmony_json, harmony_tool_call
+from .constrained import check_schema, harmony_json, harmony_tool_call, named_call
 from .engines import Engine, Generation, Piece
 from .output import MALFORMED_NOTE, CallReader, Output, pieces
 from .protocol import APIError, ChatRequest, CompletionRequest, ResponsesRequest, validation_error
@@ -238,8 +238,9 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
     schema = await _schema(engine, req)
     await _check_forced(engine, req, forced)
     if fmt is not None and forced:  # the message is the call (after the block's opening): under its schema
-        schema = forced_schema(fmt, forced)
-        await engine.check_constraint(schema, None, "tools")
+        if not fmt.named:  # a named format's name is outside the JSON: named_call, a phase each
+            schema = forced_schema(fmt, forced)
+            await engine.check_constraint(schema, None, "tools")
         text += fmt.forced_prefix
     stops = list(HARMONY_STOP) if harmony else []
     if fmt is not None and fmt.block and req.parallel_tool_calls is False:
@@ -255,6 +256,8 @@ async def chat_generation(engine: Engine, req: ChatRequest) -> tuple[Generation,
         if schema is not None:  # gpt-oss: only the final answer is bound by the schema
             return gen, harmony_json(engine, gen), reader
         return gen, engine.generate(gen), reader
+    if fmt is not None and fmt.named and forced:
+        return gen, named_call(engine, gen, forced, fmt.named), calls
     return gen, engine.generate(gen), calls  # a dense model's whole answer is
 
 

@@ -287,8 +287,7 @@ async def harmony_tool_call(engine: Engine, gen: Generation, tools: list[dict]) 
     name = tools[0]["name"] if len(tools) == 1 else None
     if name is None:
         names = sorted((t["name"] for t in tools), key=len, reverse=True)
-        pick, used = await _then(engine, gen, run, header, used, grammar="root ::= " + " | ".join(
-            f'"{n}"' for n in names))  # names are [A-Za-z0-9_-]: plain GBNF literals
+        pick, used = await _then(engine, gen, run, header, used, grammar=_names_grammar(tools))
         said, n = "", 0
         if pick is not None:
             async with contextlib.aclosing(_phase(engine, dataclasses.replace(pick, stop=[]))) as ps:
@@ -309,6 +308,44 @@ async def harmony_tool_call(engine: Engine, gen: Generation, tools: list[dict]) 
         yield Piece("", "length", used)
         return
     async with contextlib.aclosing(_tally(engine, dataclasses.replace(call, stop=[*user_stops, *STOP]), used)) as ps:
+        async for p in ps:
+            yield p
+
+
+def _names_grammar(tools: list[dict]) -> str:
+    names = sorted((t["name"] for t in tools), key=len, reverse=True)
+    return "root ::= " + " | ".join(f'"{n}"' for n in names)  # names are [A-Za-z0-9_-]: plain GBNF literals
+
+
+async def named_call(engine: Engine, gen: Generation, tools: list[dict], sep: str) -> AsyncIterator[Piece]:
+    """A dense model's forced call in a format that writes the name outside the JSON, `name` + `sep` +
+    arguments (Mistral's `[TOOL_CALLS]add[ARGS]{…}`; the prompt ends with the opener): the name decoded
+    under a grammar of the names (when there is a choice), `sep` written for the model, the arguments under
+    the function's parameters schema. One JSON schema cannot hold both, as it does for the other formats."""
+    used, name = 0, tools[0]["name"] if len(tools) == 1 else None
+    if name is None:
+        said = ""
+        pick = dataclasses.replace(gen, json_schema=None, grammar=_names_grammar(tools), stop=[])
+        async with contextlib.aclosing(_phase(engine, pick)) as ps:
+            async for p in ps:
+                said += p.text
+                used = p.completion_tokens or used
+        name = next((t["name"] for t in sorted(tools, key=lambda t: -len(t["name"])) if said.startswith(t["name"])),
+                    None)
+        if name is None:  # out of tokens before a whole name
+            yield Piece(said, "length", used)
+            return
+    written = name + sep
+    yield Piece(written)
+    ids = gen.prompt_ids + await engine.tokenize(written)
+    room = min(gen.max_tokens - used, engine.n_ctx - len(ids))
+    if room <= 0:
+        yield Piece("", "length", used)
+        return
+    params = next(t for t in tools if t["name"] == name).get("parameters")
+    call = dataclasses.replace(gen, prompt_ids=ids, max_tokens=room, grammar=None,
+                               json_schema=params if params is not None else NO_PARAMETERS)
+    async with contextlib.aclosing(_tally(engine, call, used)) as ps:
         async for p in ps:
             yield p
 
