@@ -29,7 +29,8 @@ Phrasings, number pairs, cities and weather strings for evaluation (HELDOUT_*, `
 Status (2026-12-07): not met; no tool-trained weights are committed. The best candidate (qf, the ninth
 session's, judged served in the tenth), served from its Q4_K_M GGUF: the right tool with schema-valid
 arguments 37/40 held out, the whole call right 32/40, answers from the result 26/40, every harmony eval
-answer well formed; but served from its ONNX export two harmony answers loop (see the end). The one full
+answer well formed; but served from its ONNX export two harmony answers loop, as its fp32 reference does
+(the eleventh session: the export is faithful; unlikelihood training moved the loops, see the end). The one full
 run of the first session (250 steps without the copy task, seed 0, lr 3e-3, batches code 2 / chat 4 /
 tool 8) kept the effort lookup and learned the call's shape and mostly which tool, but not to copy a
 value: the numbers and cities came out as frequent guesses, 0/40 held-out calls right (1/20 training
@@ -284,6 +285,31 @@ run that sees it (a FakeQuant of the ONNX export's INT8, as ServedQAT is of the 
 Serving the candidates also found a front bug, now fixed: a sampled forced call's JSON string took `<|end|>`
 (llama-server's grammar judges a special token by its text), and the call came back cut there with
 finish_reason tool_calls; constrained.py now bans harmony's markers while a grammar decodes.
+
+Eleventh session (2026-12-07, AMD EPYC, 2 cores). Why qf's ONNX export loops: it does not differ from
+the model. Greedy over the two prompts, the fp32 reference (transformers) writes the same looping finals
+token for token as the ONNX export (mean KL 1e-4, no argmax differs in 160 tokens); the GGUF escapes one
+by a near-tie its Q4_K_M weights flip (0.313 vs 0.303 at one step). So a FakeQuant of the INT8 export
+would not help: the model itself loops. Counted on 80 fresh prompts of the training distribution
+(`harmony_prompt`, seed 12345, 240 tokens), answers that loop or do not end: the committed model 1, qd's
+step-100 save 6, qf 8 (11 of 80 at seed 777). New: `--unlikely N`, unlikelihood training on the model's
+own loops (`unlikely_batch`: N prompts a step answered greedily, -log(1 - p) on each repeated trigram's
+token, and the data's answers to those prompts as likelihood rows). Runs, each qf's options (as in the
+tenth session) plus the one named, judged served (broken of 32, GGUF / ONNX):
+    ua: from qf, --unlikely 4 (harmony_prompt's prompts only), --seed 43 --steps 60 --lr 5e-5
+        -> 1 / 1 (qf's two loops gone; EVAL_PROMPTS[4] at high effort now loops "def _get_init_init…");
+        5-6 of 80 fresh prompts broken
+    ub: from ua, --unlikely 8, --seed 47 --steps 40 --lr 5e-5 -> 1 / 1 (the same), 3 of 80; over GGUF
+        the right tool 38/40, the whole call 33/40, answers 26/40 (best so far)
+    uc: from ub, --unlikely 16, --seed 53 --steps 40 --lr 1e-4 -> 0 / 1 at steps 10, 30 and 40; but the
+        right tool 31/40, the whole call 27/40 (the higher lr cost calls)
+    ud: from ub, --unlikely 16, --seed 59 --steps 30 --lr 5e-5, saves every 5 steps -> ONNX 1 at each save
+    ue: as ud with half the prompts build_harmony's conversations (developer messages, dates), --seed 61
+        -> ONNX 1 at each save
+    uf: as ue but from qf, --seed 67 -> ONNX 2, 1, then 1 at each later save
+The "init_init" loop of EVAL_PROMPTS[4] at high effort survived every run (p("_") 0.56 against
+p("(self") 0.11 after "def _get_init_"), the others came and went. None ships. Candidates and logs:
+~/.cache/edgeport/tool-candidates/ (ua-uf) on that machine.
 """
 
 from __future__ import annotations
@@ -779,7 +805,8 @@ def loop_positions(ids: list[int], special: set[int], n: int = 3) -> list[int]:
 def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversations, n: int,
                    max_new: int = 160) -> tuple[torch.Tensor, list[tuple[list[int], list[int], list[float]]]]:
     """Unlikelihood training on the model's own loops (Welleck et al. 2019, "Neural text generation with
-    unlikelihood training"): n `harmony_prompt` prompts answered greedily by the model as it is; where an
+    unlikelihood training"): n prompts (half build_harmony's conversations, half `harmony_prompt`'s)
+    answered greedily by the model as it is; where an
     answer loops or does not end in one final message, -log(1 - p) of each loop token (`loop_positions`)
     and, as rows for the likelihood loss, the data's answers to those prompts. Every tool run left ~10 %
     of such answers looping (qf: 11 of 80 fresh prompts, the committed model 1), and its fp32 reference
@@ -789,7 +816,11 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
     ul, rows = [], []
     for _ in range(n):
-        p, effort, final, _ = harmony_prompt(conv, tc, (0, 0, 1, 2))
+        if conv.rng.random() < 0.5:  # build_harmony's conversations (developer messages, dates)
+            p, answer = conv.sample()
+        else:  # or the tool runs' (the tools offered half the time)
+            p, effort, final, _ = harmony_prompt(conv, tc, (0, 0, 1, 2))
+            answer = completion(effort, final)
         prompt = tok.encode(p).ids
         was = model.training
         model.eval()
@@ -806,7 +837,7 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
         loops = loop_positions(out, special)
         if text.endswith("<|return|>") and text.count(FINAL) == 1 and not loops:
             continue
-        rows.append(chat_row(tok, p, completion(effort, final)))
+        rows.append(chat_row(tok, p, answer))
         if loops:
             logits = model(input_ids=torch.tensor([prompt + out])).logits[0, len(prompt) - 1:-1].float()
             at = torch.tensor(loops)
