@@ -307,9 +307,10 @@ tenth session) plus the one named, judged served (broken of 32, GGUF / ONNX):
     ue: as ud with half the prompts build_harmony's conversations (developer messages, dates), --seed 61
         -> ONNX 1 at each save
     uf: as ue but from qf, --seed 67 -> ONNX 2, 1, then 1 at each later save
+    ug: as ue, --unlikely 32 --seed 71 --steps 20 --lr 7e-5 -> ONNX 1 at each save
 The "init_init" loop of EVAL_PROMPTS[4] at high effort survived every run (p("_") 0.56 against
 p("(self") 0.11 after "def _get_init_"), the others came and went. None ships. Candidates and logs:
-~/.cache/edgeport/tool-candidates/ (ua-uf) on that machine.
+~/.cache/edgeport/tool-candidates/ (ua-ug) on that machine.
 """
 
 from __future__ import annotations
