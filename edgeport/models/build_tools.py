@@ -331,7 +331,7 @@ from tokenizers import Tokenizer
 from transformers import GptOssForCausalLM
 
 from edgeport.core import mxfp4
-from edgeport.core.harmony import parse_calls, render_harmony_own
+from edgeport.core.harmony import MARKERS, parse_calls, render_harmony_own
 from edgeport.models.build_harmony import (
     DEVELOPER,
     EFFORT_SENTENCES,
@@ -812,9 +812,7 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
     and, as rows for the likelihood loss, the data's answers to those prompts. Every tool run left ~10 %
     of such answers looping (qf: 11 of 80 fresh prompts, the committed model 1), and its fp32 reference
     loops exactly where its ONNX export does: the export is faithful, the model is not."""
-    special = {tok.token_to_id(t) for t in ("<|start|>", "<|end|>", "<|channel|>", "<|message|>", "<|return|>",
-                                            "<|call|>", "<|constrain|>", "<|endoftext|>")}
-    stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
+    special = {tok.token_to_id(t) for t in (*MARKERS, "<|endoftext|>")}
     ul, rows = [], []
     for _ in range(n):
         if conv.rng.random() < 0.5:  # build_harmony's conversations (developer messages, dates)
@@ -825,14 +823,7 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
         prompt = tok.encode(p).ids
         was = model.training
         model.eval()
-        out: list[int] = []
-        with torch.inference_mode():
-            res = model(torch.tensor([prompt]), use_cache=True)
-            for _ in range(max_new):
-                out.append(int(res.logits[0, -1].argmax()))
-                if out[-1] in stops:
-                    break
-                res = model(torch.tensor([[out[-1]]]), cache=res.cache, use_cache=True)
+        out = greedy_ids(model, tok, prompt, max_new)
         model.train(was)
         text = tok.decode(out, skip_special_tokens=False)
         loops = loop_positions(out, special)
@@ -847,19 +838,23 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
     return (torch.stack(ul).mean() if ul else torch.zeros(())), rows
 
 
-def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
-    """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
+def greedy_ids(model, tok: Tokenizer, prompt: list[int], max_new: int = 120) -> list[int]:
+    """The greedy continuation's token ids, to <|call|>, <|return|> or <|endoftext|> (included)."""
     stops = {tok.token_to_id(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>")}
     out: list[int] = []
     with torch.inference_mode():
-        res = model(torch.tensor([tok.encode(prompt).ids]), use_cache=True)
+        res = model(torch.tensor([prompt]), use_cache=True)
         for _ in range(max_new):
-            t = int(res.logits[0, -1].argmax())
-            out.append(t)
-            if t in stops:
+            out.append(int(res.logits[0, -1].argmax()))
+            if out[-1] in stops:
                 break
-            res = model(torch.tensor([[t]]), cache=res.cache, use_cache=True)
-    return tok.decode(out, skip_special_tokens=False)
+            res = model(torch.tensor([[out[-1]]]), cache=res.cache, use_cache=True)
+    return out
+
+
+def generate(model, tok: Tokenizer, prompt: str, max_new: int = 120) -> str:
+    """Greedy continuation of `prompt` to <|call|>, <|return|> or <|endoftext|>."""
+    return tok.decode(greedy_ids(model, tok, tok.encode(prompt).ids, max_new), skip_special_tokens=False)
 
 
 def parsed_call(text: str) -> tuple[str, dict] | None:

@@ -286,15 +286,8 @@ async def harmony_tool_call(engine: Engine, gen: Generation, tools: list[dict]) 
     used = run.end.completion_tokens
     name = tools[0]["name"] if len(tools) == 1 else None
     if name is None:
-        names = sorted((t["name"] for t in tools), key=len, reverse=True)
         pick, used = await _then(engine, gen, run, header, used, grammar=_names_grammar(tools))
-        said, n = "", 0
-        if pick is not None:
-            async with contextlib.aclosing(_phase(engine, dataclasses.replace(pick, stop=[]))) as ps:
-                async for p in ps:
-                    said += p.text
-                    n = p.completion_tokens or n
-        name = next((x for x in names if said.startswith(x)), None)
+        name, _, n = await _picked_name(engine, pick, tools) if pick is not None else (None, "", 0)
         used += n
         if name is None:  # out of tokens before a whole name: no call to show
             yield Piece(run.end.text, "length", used)
@@ -312,9 +305,23 @@ async def harmony_tool_call(engine: Engine, gen: Generation, tools: list[dict]) 
             yield p
 
 
+def _names(tools: list[dict]) -> list[str]:
+    return sorted((t["name"] for t in tools), key=len, reverse=True)  # the longest first: "add" after "add_all"
+
+
 def _names_grammar(tools: list[dict]) -> str:
-    names = sorted((t["name"] for t in tools), key=len, reverse=True)
-    return "root ::= " + " | ".join(f'"{n}"' for n in names)  # names are [A-Za-z0-9_-]: plain GBNF literals
+    return "root ::= " + " | ".join(f'"{n}"' for n in _names(tools))  # names are [A-Za-z0-9_-]: GBNF literals
+
+
+async def _picked_name(engine: Engine, pick: Generation, tools: list[dict]) -> tuple[str | None, str, int]:
+    """(the name `pick`, a generation under `_names_grammar`, wrote, or None when it ran out of tokens
+    first; its text; its tokens)."""
+    said, n = "", 0
+    async with contextlib.aclosing(_phase(engine, dataclasses.replace(pick, stop=[]))) as ps:
+        async for p in ps:
+            said += p.text
+            n = p.completion_tokens or n
+    return next((x for x in _names(tools) if said.startswith(x)), None), said, n
 
 
 async def named_call(engine: Engine, gen: Generation, tools: list[dict], sep: str) -> AsyncIterator[Piece]:
@@ -324,14 +331,8 @@ async def named_call(engine: Engine, gen: Generation, tools: list[dict], sep: st
     the function's parameters schema. One JSON schema cannot hold both, as it does for the other formats."""
     used, name = 0, tools[0]["name"] if len(tools) == 1 else None
     if name is None:
-        said = ""
-        pick = dataclasses.replace(gen, json_schema=None, grammar=_names_grammar(tools), stop=[])
-        async with contextlib.aclosing(_phase(engine, pick)) as ps:
-            async for p in ps:
-                said += p.text
-                used = p.completion_tokens or used
-        name = next((t["name"] for t in sorted(tools, key=lambda t: -len(t["name"])) if said.startswith(t["name"])),
-                    None)
+        pick = dataclasses.replace(gen, json_schema=None, grammar=_names_grammar(tools))
+        name, said, used = await _picked_name(engine, pick, tools)
         if name is None:  # out of tokens before a whole name
             yield Piece(said, "length", used)
             return
