@@ -285,3 +285,33 @@ def test_unlikely_batch_penalises_a_models_loops_and_mines_their_prompts(tok):
     for ids, labels, _ in rows:
         done = tok.decode([t for t, y in zip(ids, labels, strict=True) if y != -100], skip_special_tokens=False)
         assert done.startswith(bt.ANALYSIS) and done.endswith("<|return|>")
+
+
+def test_final_ul_candidates_are_the_finals_earlier_tokens_less_the_label(tok):
+    """`--final-ul`: at each label of a final message, the negatives are the tokens that final already
+    wrote, other than the label; the analysis, the prompt and the padding get none. Its cross-entropy
+    is weighted_loss's, from the same forward pass."""
+    import torch
+    from transformers import GptOssForCausalLM
+
+    from edgeport.models.build_harmony import weighted_loss
+
+    conv = Conversations(seed=3)
+    ids, labels, weights = bt.padded([bt.chat_row(tok, *conv.sample()) for _ in range(3)], tok)
+    message = tok.token_to_id("<|message|>")
+    mask = bt.final_candidates(labels, message, tok.get_vocab_size())
+    final_tokens = 0
+    for b, lab in enumerate(labels.tolist()):
+        start = max(i for i, t in enumerate(lab) if t == message) + 1
+        assert not mask[b, :start].any()
+        for i in range(start, len(lab)):
+            want = set(lab[start:i]) - {lab[i]} if lab[i] != -100 else set()
+            assert set(torch.nonzero(mask[b, i]).flatten().tolist()) == want, (b, i)
+            final_tokens += lab[i] != -100
+    assert mask.any() and final_tokens > 20
+    model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32).eval()
+    ce, ul = bt.loss_with_final_ul(model, ids, labels, weights, message)
+    assert torch.isclose(ce, weighted_loss(model, ids, labels, weights))
+    assert ul.item() > 0
+    ul.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -8,7 +8,8 @@ broken when it does not end ("length"), lacks its reasoning or its content, or m
 
     python -m edgeport.benchmarking.served_check DIR [DIR ...] [--engine gguf|onnx ...] [--tools]
 
-`--tools` adds the held-out call and answer rates over GGUF (tests/test_tool_model.py's 40 questions).
+Each engine's mean analysis length (words) per effort is printed too. `--tools` adds the held-out call and
+answer rates over GGUF (tests/test_tool_model.py's 40 questions).
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ def broken_answers(url: str) -> list[tuple[str, int, str]]:
     return broken
 
 
+def analysis_words(url: str) -> dict[str, float]:
+    """Mean analysis length in words per effort over the eval prompts (the README's harmony table, and
+    tests/test_harmony_model.py's low < medium < high)."""
+    from openai import OpenAI
+
+    c = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    model = c.models.list().data[0].id
+    means = {}
+    for effort in ("low", "medium", "high"):
+        words = [len(((c.chat.completions.create(model=model, messages=msgs, max_tokens=400, temperature=0,
+                                                   extra_body={"reasoning_effort": effort}).choices[0].message
+                       .model_extra or {}).get("reasoning_content") or "").split()) for msgs in EVAL_PROMPTS]
+        means[effort] = sum(words) / len(words)
+    return means
+
+
 def call_rates(url: str) -> dict[str, int]:
     """tests/test_tool_model.py's held-out figures (of 40): the right tool with schema-valid arguments, the
     whole call right, and an answer that holds the result."""
@@ -148,6 +165,8 @@ def check(models: list[Path], engines: list[str], tools: bool) -> None:
                     print(f"{model} {engine}: broken {len(broken)} of 32", flush=True)
                     for b in broken:
                         print(f"  {b}", flush=True)
+                    words = " / ".join(f"{e} {n:.1f}" for e, n in analysis_words(url).items())
+                    print(f"{model} {engine}: mean analysis words {words}", flush=True)
                     if tools and engine == "gguf":
                         f = call_rates(url)
                         print(f"{model} gguf: held out, of 40: the right tool {f['tool']}, the whole call right "

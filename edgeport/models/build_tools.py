@@ -318,6 +318,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -803,11 +804,26 @@ def loop_positions(ids: list[int], special: set[int], n: int = 3) -> list[int]:
     return out
 
 
+def def_prompt(conv: Conversations) -> tuple[str, str]:
+    """(prompt, the data's answer) of a code question whose snippet ends in a `def` line, a developer
+    message in a third of them: where the tool-trained models make up a name that loops ("def
+    _get_init_init…", "_doct_doct…"; ub: 3 of 40 such prompts at high effort, as against ~4 % of all)."""
+    rng = conv.rng
+    while True:
+        u, nxt = conv.code_turn()
+        if re.search(r"def \w+\(.*\):\s*(```)?$", u.strip()):
+            break
+    msgs = [{"role": "developer", "content": rng.choice(DEVELOPER)}] if rng.random() < 1 / 3 else []
+    effort = rng.choice(list(EFFORT_SENTENCES))
+    return render_harmony_own([*msgs, {"role": "user", "content": u}], effort, None), completion(effort, nxt)
+
+
 def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversations, n: int,
-                   max_new: int = 160) -> tuple[torch.Tensor, list[tuple[list[int], list[int], list[float]]]]:
+                   max_new: int = 160, defs: float = 0.0,
+                   ) -> tuple[torch.Tensor, list[tuple[list[int], list[int], list[float]]]]:
     """Unlikelihood training on the model's own loops (Welleck et al. 2019, "Neural text generation with
     unlikelihood training"): n prompts (half build_harmony's conversations, half `harmony_prompt`'s)
-    answered greedily by the model as it is; where an
+    answered greedily by the model as it is (a share `defs` of them `def_prompt`'s); where an
     answer loops or does not end in one final message, -log(1 - p) of each loop token (`loop_positions`)
     and, as rows for the likelihood loss, the data's answers to those prompts. Every tool run left ~10 %
     of such answers looping (qf: 11 of 80 fresh prompts, the committed model 1), and its fp32 reference
@@ -815,7 +831,9 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
     special = {tok.token_to_id(t) for t in (*MARKERS, "<|endoftext|>")}
     ul, rows = [], []
     for _ in range(n):
-        if conv.rng.random() < 0.5:  # build_harmony's conversations (developer messages, dates)
+        if defs and conv.rng.random() < defs:  # no draw without it: the same prompts as before
+            p, answer = def_prompt(conv)
+        elif conv.rng.random() < 0.5:  # build_harmony's conversations (developer messages, dates)
             p, answer = conv.sample()
         else:  # or the tool runs' (the tools offered half the time)
             p, effort, final, _ = harmony_prompt(conv, tc, (0, 0, 1, 2))
@@ -836,6 +854,47 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
             prob = logits.softmax(-1)[at, torch.tensor(out)[at]]
             ul.append(-torch.log((1 - prob).clamp_min(1e-5)).mean())
     return (torch.stack(ul).mean() if ul else torch.zeros(())), rows
+
+
+def final_candidates(labels: torch.Tensor, message_id: int, vocab: int) -> torch.Tensor:
+    """[rows, positions, vocab] mask of token-level unlikelihood's negative candidates (Welleck et al.
+    2019): at each label of a row's final message (after its last labelled `<|message|>`), the tokens
+    that message held before it, less the label itself. The answers' loops copy a token the final just
+    wrote ("def _get_init_" -> "init"); the prompt's tokens are not candidates, so an answer may still
+    copy a tool's result or the user's values."""
+    mask = torch.zeros(*labels.shape, vocab, dtype=torch.bool)
+    for b, lab in enumerate(labels.tolist()):
+        starts = [i for i, t in enumerate(lab) if t == message_id]
+        if not starts:
+            continue
+        seen: set[int] = set()
+        for i in range(starts[-1] + 1, len(lab)):
+            if lab[i] == -100:
+                break
+            mask[b, i, list(seen - {lab[i]})] = True
+            seen.add(lab[i])
+    return mask
+
+
+def loss_with_final_ul(model, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                       message_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted_loss, token-level unlikelihood on the finals' repeats) from one forward pass: the mean
+    over final-message labels of -sum log(1 - p(c)), c each of `final_candidates`."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                           reduction="none")
+    w = weights[:, 1:]
+    mask = final_candidates(labels, message_id, logits.shape[-1])[:, 1:]
+    p = logits.softmax(-1)
+    ul = -(torch.log((1 - p).clamp_min(1e-5)) * mask).sum(-1)
+    at = (labels[:, 1:] != -100) & _after_final(labels, message_id)[:, 1:]
+    return (ce * w).sum() / w.sum(), ul.sum() / at.sum().clamp_min(1)
+
+
+def _after_final(labels: torch.Tensor, message_id: int) -> torch.Tensor:
+    """[rows, positions]: the labels of each row's final message (after its last labelled <|message|>)."""
+    last = torch.where(labels == message_id, torch.arange(labels.shape[1]), -1).max(1, keepdim=True).values
+    return (torch.arange(labels.shape[1]) > last) & (last >= 0)
 
 
 def greedy_ids(model, tok: Tokenizer, prompt: list[int], max_new: int = 120) -> list[int]:
@@ -944,7 +1003,7 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
           snapshots: bool = False, qat: bool = False, multi_batch_n: int = 0, served: Path | None = None,
           teacher=None, distill_n: int = 0, every: int = 50, teacher_n: int = 0, pool: int = 1024,
           follow_up: float = 0.1, short_earlier: bool = False, name_weight: float = 1.0,
-          unlikely_n: int = 0) -> None:
+          unlikely_n: int = 0, final_ul: float = 0.0, unlikely_defs: float = 0.0) -> None:
     """Every step: code (as build_tiny), harmony conversations (two steps in three short ones, as in
     build_harmony's last run, which keep the effort lookup), tool conversations, the copy task and
     the optional batches (short calls and answers, at least half their cities made up; text copies;
@@ -969,21 +1028,32 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
     trng = random.Random(seed + 4000)
     short_made_up = max(0.5, made_up)
     opt = optimizer(model, lr)
+    message_id = tok.token_to_id("<|message|>")
+    fuls: list[torch.Tensor] = []
+
+    def chat_part(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """A harmony batch's loss; with `final_ul`, plus that times its finals' token-level unlikelihood."""
+        if not final_ul:
+            return weighted_loss(model, *stops_weighted(batch, tok))
+        ce, ful = loss_with_final_ul(model, *stops_weighted(batch, tok), message_id)
+        fuls.append(ful.detach())
+        return ce + final_ul * ful
+
     model.train()
     start = time.time()
     for step in range(steps):
         schedule(opt, lr, step, steps)
         zero = torch.zeros(())
         fake.quantize()
+        fuls.clear()
         code_loss = code_batch_loss(model, data, code_batch, gen) if code_batch else zero
-        chat_loss = weighted_loss(model, *stops_weighted(chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2),
-                                                         tok)) if chat_batch_n else zero
+        chat_loss = chat_part(chat_batch(conv, tok, chat_batch_n, short=step % 3 != 2)) if chat_batch_n else zero
         tool_loss = weighted_loss(model, *stops_weighted(tool_batch(tc, tok, tool_batch_n), tok)) \
             if tool_batch_n else zero
         if multi_batch_n:
             multi = multi_turn_batch(mconv, tc, tok, multi_batch_n, follow_up=follow_up, short_earlier=short_earlier,
                                      name_weight=name_weight)
-            chat_loss = chat_loss + weighted_loss(model, *stops_weighted(multi, tok))
+            chat_loss = chat_loss + chat_part(multi)
         kl = distill_loss(model, teacher, *stops_weighted(multi_turn_batch(dconv, tc, tok, distill_n, (0, 0, 1, 2)),
                                                           tok)) if distill_n else zero
         if teacher_n:
@@ -991,9 +1061,9 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
             chat_loss = chat_loss + weighted_loss(model, *stops_weighted(padded(rows, tok), tok))
         ul = zero
         if unlikely_n:
-            ul, mined = unlikely_batch(model, tok, uconv, tc, unlikely_n)
+            ul, mined = unlikely_batch(model, tok, uconv, tc, unlikely_n, defs=unlikely_defs)
             if mined:
-                chat_loss = chat_loss + weighted_loss(model, *stops_weighted(padded(mined, tok), tok))
+                chat_loss = chat_loss + chat_part(padded(mined, tok))
         copy_loss = copy_batch_loss(model, gen, copy_batch) if copy_batch else zero
         if short_batch_n:
             copy_loss = copy_loss + weighted_loss(model, *short_batch(srng, tc.held, tok, short_batch_n, small,
@@ -1008,7 +1078,8 @@ def train(model, tok: Tokenizer, steps: int, lr: float, code_batch: int, chat_ba
         if step % min(25, every) == 0 or step == steps - 1:
             line = (f"step {step:4d}  {time.time() - start:5.0f}s  code {code_loss.item():.3f}  "
                     f"chat {chat_loss.item():.3f}  tool {tool_loss.item():.3f}  copy {copy_loss.item():.3f}"
-                    + (f"  kl {kl.item():.4f}" if distill_n else "") + (f"  ul {ul.item():.3f}" if unlikely_n else ""))
+                    + (f"  kl {kl.item():.4f}" if distill_n else "") + (f"  ul {ul.item():.3f}" if unlikely_n else "")
+                    + (f"  final-ul {torch.stack(fuls).mean().item():.3f}" if fuls else ""))
             if step % every == 0 or step == steps - 1:
                 model.eval()
                 fake.quantize()
@@ -1070,6 +1141,11 @@ def main() -> None:
     ap.add_argument("--teacher-answers", type=int, default=0,
                     help="harmony conversations per step answered by --teacher greedily (teacher_answers)")
     ap.add_argument("--pool", type=int, default=1024, help="how many teacher answers to draw them from")
+    ap.add_argument("--unlikely-defs", type=float, default=0.0,
+                    help="share of --unlikely's prompts that are code ending in a def line (def_prompt)")
+    ap.add_argument("--final-ul", type=float, default=0.0,
+                    help="weight of token-level unlikelihood on the harmony finals' repeats: the tokens a final "
+                         "already wrote, other than the label, made unlikely (loss_with_final_ul; 0: none)")
     ap.add_argument("--unlikely", type=int, default=0,
                     help="harmony prompts per step answered by the model itself; its loops get unlikelihood "
                          "and the data's answers to them likelihood (unlikely_batch)")
@@ -1107,7 +1183,8 @@ def main() -> None:
     train(model, tok, a.steps, a.lr, a.code_batch, a.chat_batch, a.tool_batch, a.seed,
           a.out if a.out.resolve() != MODEL.resolve() else None, a.copy_batch, a.short_batch, a.answer_batch, a.made_up,
           a.small_numbers, a.text_copy, a.snapshots, a.qat, a.multi_batch, a.served_like, teacher, a.distill,
-          a.every, a.teacher_answers, a.pool, a.follow_up, a.short_earlier, a.name_weight, a.unlikely)
+          a.every, a.teacher_answers, a.pool, a.follow_up, a.short_earlier, a.name_weight, a.unlikely,
+          a.final_ul, a.unlikely_defs)
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s", flush=True)
     save(model, a.out)
     print(f"wrote {a.out / 'model.safetensors'}; its figures: --check-only --init {a.out}", flush=True)
