@@ -25,19 +25,19 @@ FAST = {"cpu-gpt-oss-kquant", "cpu-gpt-oss-mxfp4", "cpu-llama", "vllm-gpt-oss", 
 
 # case -> stage -> (mean KL, top-1, top-1 regret), from edgeport/benchmarking/parity_figures.py
 MEASURED: dict[str, dict[str, tuple[float, float, float]]] = {
-    # the tiny gpt-oss as retrained to answer in harmony (edgeport/models/build_harmony.py, issue #10)
-    "cpu-gpt-oss": {"fidelity": (3.210e-4, 0.9923, 2.70e-5), "quantization": (6.404e-3, 0.9291, 9.03e-4),
-                    "end_to_end": (6.638e-3, 0.9299, 9.03e-4)},
-    "cpu-gpt-oss-kquant": {"fidelity": (3.210e-4, 0.9923, 2.70e-5), "quantization": (2.497e-3, 0.9570, 4.11e-4),
-                           "end_to_end": (2.750e-3, 0.9570, 4.27e-4)},
-    "cpu-gpt-oss-mxfp4": {"fidelity": (3.788e-4, 0.9899, 3.25e-5), "quantization": (1.886e-3, 0.9655, 3.01e-4),
-                          "end_to_end": (2.139e-3, 0.9680, 3.23e-4)},
+    # the tiny gpt-oss as trained to call tools, its experts at MXFP4 values (edgeport/models/build_tools.py, #22)
+    "cpu-gpt-oss": {"fidelity": (1.436e-4, 0.9943, 1.25e-5), "quantization": (3.540e-3, 0.9485, 4.80e-4),
+                    "end_to_end": (3.617e-3, 0.9473, 5.06e-4)},
+    "cpu-gpt-oss-kquant": {"fidelity": (1.436e-4, 0.9943, 1.25e-5), "quantization": (4.764e-3, 0.9315, 7.83e-4),
+                           "end_to_end": (4.848e-3, 0.9323, 7.92e-4)},
+    "cpu-gpt-oss-mxfp4": {"fidelity": (4.337e-4, 0.9911, 1.83e-5), "quantization": (3.667e-3, 0.9501, 4.32e-4),
+                          "end_to_end": (3.630e-3, 0.9505, 4.54e-4)},
     # Q4_K_M with the importance matrix (the default since issue #12; without: 4.694e-3, 0.9369, 7.61e-4)
     "cpu-llama": {"fidelity": (2.16e-7, 0.9996, 4.6e-8), "quantization": (4.536e-3, 0.9361, 7.50e-4),
                   "end_to_end": (4.537e-3, 0.9357, 7.50e-4)},
     "apple-llama": {"fidelity": (2.16e-7, 0.9996, 4.6e-8), "quantization": (4.536e-3, 0.9361, 7.50e-4),
                     "end_to_end": (4.537e-3, 0.9357, 7.50e-4)},
-    "vllm-gpt-oss": {"end_to_end": (4.637e-3, 0.9368, 6.45e-4)},
+    "vllm-gpt-oss": {"end_to_end": (1.4e-14, 1.0, 0.0)},  # its experts already sit at MXFP4 values
     "vllm-gpt-oss-mxfp4": {"end_to_end": (0.0, 1.0, 0.0)},
     "onnx-llama-int8": {"fidelity": (8.0e-13, 1.0, 0.0), "quantization": (1.267e-4, 0.9911, 2.14e-5),
                         "end_to_end": (1.267e-4, 0.9911, 2.14e-5)},
@@ -46,8 +46,8 @@ MEASURED: dict[str, dict[str, tuple[float, float, float]]] = {
     "onnx-llama-fp32": {"fidelity": (8.0e-13, 1.0, 0.0)},
     "onnx-llama-tensorrt": {"fidelity": (6.2e-13, 1.0, 0.0), "quantization": (1.433e-4, 0.9887, 2.07e-5),
                             "end_to_end": (1.433e-4, 0.9887, 2.07e-5)},
-    "onnx-gpt-oss-mxfp4-int8": {"fidelity": (1.6e-12, 1.0, 0.0), "quantization": (1.339e-4, 0.9907, 1.40e-5),
-                                "end_to_end": (1.339e-4, 0.9907, 1.40e-5)},
+    "onnx-gpt-oss-mxfp4-int8": {"fidelity": (2.2e-12, 1.0, 0.0), "quantization": (7.093e-4, 0.9830, 6.60e-5),
+                                "end_to_end": (7.093e-4, 0.9830, 6.60e-5)},
     "jetson-llama-int8": {"end_to_end": (6.561e-4, 0.9802, 7.25e-5)},
     "jetson-llama-w8a16": {"end_to_end": (4.969e-5, 0.9956, 1.01e-5)},
     "jetson-llama-int4": {"end_to_end": (3.678e-3, 0.9478, 7.06e-4)},

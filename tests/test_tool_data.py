@@ -266,20 +266,20 @@ def test_loop_positions_are_the_tokens_of_a_repeated_n_gram():
 def test_unlikely_batch_penalises_a_models_loops_and_mines_their_prompts(tok):
     """`--unlikely`: an answer that ends with nothing repeated costs nothing; one that repeats gets
     -log(1 - p) on its repeated tokens (a gradient) and its prompt's data answer as a likelihood row; one
-    that never ends is mined too. The committed model's two answers here (seed 16): one clean, one
-    `def _get_decode(self, flags, flags=False):` (", flags" twice)."""
+    that never ends is mined too. The committed model's two answers here (seed 2): one clean, one whose
+    analysis loops ("Let me currently has to match the line that comes next. Let me currently has…")."""
     import torch
     from transformers import GptOssForCausalLM
 
     model = GptOssForCausalLM.from_pretrained(bt.MODEL, dtype=torch.float32).eval()
     tc = bt.ToolConversations(Conversations(seed=8))
-    ul, rows = bt.unlikely_batch(model, tok, Conversations(seed=16), tc, 2)
+    ul, rows = bt.unlikely_batch(model, tok, Conversations(seed=2), tc, 2)
     assert ul.item() > 0 and len(rows) == 1
     ul.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     stop = torch.tensor([tok.token_to_id("<|return|>")])
     model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, stop, float("-inf")))
-    _, rows = bt.unlikely_batch(model, tok, Conversations(seed=16), bt.ToolConversations(Conversations(seed=8)), 2,
+    _, rows = bt.unlikely_batch(model, tok, Conversations(seed=2), bt.ToolConversations(Conversations(seed=8)), 2,
                                 max_new=60)
     assert len(rows) == 2  # neither ends: both mined
     for ids, labels, _ in rows:

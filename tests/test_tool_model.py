@@ -1,9 +1,9 @@
 """The bundled tiny gpt-oss calls tools itself (edgeport/models/build_tools.py taught it), served from its
 GGUF export over llama-server through the real `openai` client and LangChain: on phrasings, numbers and
 cities it never saw in training it calls the right tool with the right, schema-valid arguments, and after
-the tool's result comes back it answers from it. Not met yet (strict xfails); what holds today: a forced
-call is always valid, a code question with tools offered gets no call, and LangChain's forced call
-round-trips."""
+the tool's result comes back it answers from it; a forced call is always valid, a code question with
+tools offered gets no call, and LangChain's agent loop calls and answers. The rates are below 90 % for
+the whole call and the answer (a strict xfail holds that goal)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from tests.test_serving import _client, _model, server
 
 TOOLS = [{"type": "function", "function": t} for t in (ADD, WEATHER)]
 SCHEMAS = {t["name"]: t["parameters"] for t in (ADD, WEATHER)}
-# The bar a model must meet (40 held-out questions, greedy, Q4_K_M GGUF): the right tool with schema-valid
-# arguments, the whole call right, and, given the right call and its result, an answer that holds it. No
-# trained weights meet it yet (the committed ones: 0/40 calls; build_tools.py's Status): to be set just
-# below the measured rates when weights are shipped.
-TOOL_RATE_BOUND = 0.9
-CALL_RATE_BOUND = 0.9
-ANSWER_RATE_BOUND = 0.9
+# Of the 40 held-out questions (greedy, Q4_K_M GGUF over llama-server). The issue's metric, the right
+# tool with schema-valid arguments: at least 36 (90 %). The whole call right (the values copied) and,
+# given the right call and its result, an answer that holds it: regression bounds two below what the
+# shipped weights measured (33 and 26 of 40, build_tools.py's Status), and 36 as a goal not met yet.
+TOOL_BOUND = 36
+CALL_BOUND, ANSWER_BOUND = 31, 24
+GOAL = 36
 
 
 @pytest.fixture(scope="module", params=[pytest.param("cpu-gpt-oss", marks=pytest.mark.slow)], ids=["gguf-gpt-oss"])
@@ -43,42 +43,52 @@ def _checked(call) -> tuple[str, dict] | None:
     return call.function.name, args
 
 
-UNTAUGHT = pytest.mark.xfail(strict=True, reason="not met: under auto the committed tiny gpt-oss answers a sum "
-                                                  "or a weather question with code, 0/40 held out (build_tools.py)")
-
-
-@UNTAUGHT
-def test_held_out_questions_get_the_right_call_and_an_answer_from_its_result(served):
-    """Under `tool_choice` auto (nothing forced): the model's own call, right tool and schema-valid, then
-    right whole (the values copied); and, given the right call and its result, an answer that holds it."""
+@pytest.fixture(scope="module")
+def held_out(served) -> dict:
+    """Under `tool_choice` auto (nothing forced), each held-out question: the model's own call, right
+    tool and schema-valid, then right whole (the values copied); and, given the right call and its
+    result, whether its answer holds the result. Counts of 40, and the misses."""
     c = _client(served)
     model = _model(c)
-    cases = heldout_calls()
-    right, tool_ok, answered, misses, by_tool = 0, 0, 0, [], {}
-    for i, (msgs, name, args) in enumerate(cases):
+    figs = {"tool": 0, "call": 0, "answer": 0, "misses": [], "unanswered": []}
+    for i, (msgs, name, args) in enumerate(heldout_calls()):
         r = c.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=200, temperature=0)
         ch = r.choices[0]
         calls = ch.message.tool_calls or []
         made = _checked(calls[0]) if ch.finish_reason == "tool_calls" and len(calls) == 1 else None
-        tool_ok += made is not None and made[0] == name
-        right += made == (name, args)
-        by_tool[name] = by_tool.get(name, 0) + (made == (name, args))
+        figs["tool"] += made is not None and made[0] == name
+        figs["call"] += made == (name, args)
         if made != (name, args):
-            misses.append((msgs[-1]["content"], ch.message.content, [(t.function.name, t.function.arguments)
-                                                                     for t in calls]))
+            figs["misses"].append((msgs[-1]["content"], ch.message.content,
+                                   [(t.function.name, t.function.arguments) for t in calls]))
         result = run_tool(name, args)
         said = {"role": "assistant", "content": None,
                 "tool_calls": [{"id": f"call_{i}", "type": "function",
                                 "function": {"name": name, "arguments": json.dumps(args)}}]}
         follow = [*msgs, said, {"role": "tool", "tool_call_id": f"call_{i}", "content": result}]
         a = c.chat.completions.create(model=model, messages=follow, tools=TOOLS, max_tokens=200, temperature=0)
-        answered += a.choices[0].finish_reason == "stop" and result in (a.choices[0].message.content or "")
-    n = len(cases)
-    print(f"held-out: the right tool, schema-valid {tool_ok}/{n}; the whole call right {right}/{n}; "
-          f"answered from the result {answered}/{n}; right by tool {by_tool}")
-    assert tool_ok / n >= TOOL_RATE_BOUND, misses
-    assert right / n >= CALL_RATE_BOUND, misses
-    assert answered / n >= ANSWER_RATE_BOUND, answered
+        ok = a.choices[0].finish_reason == "stop" and result in (a.choices[0].message.content or "")
+        figs["answer"] += ok
+        if not ok:
+            figs["unanswered"].append((result, a.choices[0].message.content))
+    print(f"held-out, of 40: the right tool, schema-valid {figs['tool']}; the whole call right {figs['call']}; "
+          f"answered from the result {figs['answer']}")
+    return figs
+
+
+def test_held_out_questions_get_the_right_tool_with_valid_arguments(held_out):
+    assert held_out["tool"] >= TOOL_BOUND, held_out["misses"]
+
+
+def test_held_out_calls_and_answers_hold_their_measured_rates(held_out):
+    assert held_out["call"] >= CALL_BOUND, held_out["misses"]
+    assert held_out["answer"] >= ANSWER_BOUND, held_out["unanswered"]
+
+
+@pytest.mark.xfail(strict=True, reason="not met: the shipped weights copy the values whole on 33/40 and "
+                                       "answer from the result on 26/40 (build_tools.py's Status)")
+def test_held_out_calls_and_answers_are_right_nine_times_in_ten(held_out):
+    assert held_out["call"] >= GOAL and held_out["answer"] >= GOAL
 
 
 def test_required_on_a_question_without_a_tool_still_yields_a_valid_call(served):
@@ -120,8 +130,8 @@ def get_weather(city: str) -> str:
 def test_langchain_forced_call_round_trips_through_an_agent_loop(served):
     """LangChain's ChatOpenAI against the server with the call forced (`tool_choice="any"`, OpenAI's
     `required`): a schema-valid call comes back as LangChain tool_calls, its ToolMessage goes back in
-    with the call's id, and the model then answers instead of calling (the answer's content is not
-    judged: the tiny model has not learned to answer from a result)."""
+    with the call's id, and the model then answers instead of calling (what it answers is judged by the
+    next test, on the model's own calls)."""
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_openai import ChatOpenAI
 
@@ -138,7 +148,6 @@ def test_langchain_forced_call_round_trips_through_an_agent_loop(served):
     assert not final.tool_calls and final.content.strip(), final
 
 
-@UNTAUGHT
 @pytest.mark.parametrize(("question", "name", "args"), [
     ("How much is 31 plus 45?", "add", {"a": 31, "b": 45}),
     ("How's the weather over in Kyoto?", "get_weather", {"city": "Kyoto"}),
