@@ -25,13 +25,6 @@ for _var, _prefix in (("EDGEPORT_IMATRIX_CACHE", "edgeport-test-imatrix-"),
         _OWN_CACHES.append(os.environ[_var])
 
 
-def pytest_sessionfinish(session, exitstatus):
-    for d in _OWN_CACHES:
-        shutil.rmtree(d, ignore_errors=True)
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def pytest_configure(config):
     """A shell without job control starts a background job with SIGINT ignored, and every child inherits
     that: tests/test_signals.py's Ctrl-C then reaches nothing (8 of its tests failed so, and pass in the
@@ -40,6 +33,12 @@ def pytest_configure(config):
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+def pytest_sessionfinish(session, exitstatus):
+    for d in _OWN_CACHES:
+        shutil.rmtree(d, ignore_errors=True)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GPT_OSS = MODELS / "tiny-gpt-oss"
 LLAMA = MODELS / "tiny-llama"

@@ -34,7 +34,7 @@ def test_broken_answers_are_those_that_do_not_end_well_formed(engine, broken):
     from edgeport.serving.app import Settings, create_app
 
     with asgi_server(create_app(engine(), Settings("m", 1, 0))) as url:
-        found = served_check.broken_answers(url)
+        found = served_check.broken_answers(served_check.eval_answers(url))
     assert len(found) == broken, found
     assert all(why.startswith("finish length") for _, _, why in found)
     assert {e for e, _, _ in found} == ({"low", "medium", "high", "tools-low"} if broken else set())
@@ -44,4 +44,4 @@ def test_analysis_words_are_the_mean_reasoning_length_per_effort():
     from edgeport.serving.app import Settings, create_app
 
     with asgi_server(create_app(_answering(), Settings("m", 1, 0))) as url:
-        assert served_check.analysis_words(url) == {"low": 5.0, "medium": 5.0, "high": 5.0}
+        assert served_check.analysis_words(served_check.eval_answers(url)) == {"low": 5.0, "medium": 5.0, "high": 5.0}

@@ -68,45 +68,45 @@ def serving(artifact: Path) -> Iterator[str]:
         p.wait(20)
 
 
-def broken_answers(url: str) -> list[tuple[str, int, str]]:
-    """(effort, eval prompt index, why) of each broken answer: 8 prompts x 3 efforts, then 8 at low effort
-    with the tools offered (effort "tools-low")."""
+def eval_answers(url: str) -> list[tuple[str, int, object]]:
+    """(effort, eval prompt index, the choice) of every eval answer, greedy: 8 prompts x 3 efforts, then 8
+    at low effort with the tools offered (effort "tools-low")."""
     from openai import OpenAI
-
 
     c = OpenAI(base_url=f"{url}/v1", api_key="unused")
     model = c.models.list().data[0].id
     tools = [{"type": "function", "function": t} for t in (ADD, WEATHER)]
     runs = [("low", None), ("medium", None), ("high", None), ("tools-low", tools)]
+    return [(effort, i, c.chat.completions.create(model=model, messages=msgs, max_tokens=400, temperature=0,
+                                                  extra_body={"reasoning_effort": effort.removeprefix("tools-")},
+                                                  **({"tools": offered} if offered else {})).choices[0])
+            for effort, offered in runs for i, msgs in enumerate(EVAL_PROMPTS)]
+
+
+def _reasoning(choice) -> str | None:
+    return (choice.message.model_extra or {}).get("reasoning_content")
+
+
+def broken_answers(answers: list[tuple[str, int, object]]) -> list[tuple[str, int, str]]:
+    """(effort, eval prompt index, why) of each broken answer among `eval_answers`'."""
     broken = []
-    for effort, offered in runs:
-        for i, msgs in enumerate(EVAL_PROMPTS):
-            r = c.chat.completions.create(model=model, messages=msgs, max_tokens=400, temperature=0,
-                                          extra_body={"reasoning_effort": effort.removeprefix("tools-")},
-                                          **({"tools": offered} if offered else {}))
-            ch = r.choices[0]
-            reasoning = (ch.message.model_extra or {}).get("reasoning_content")
-            why = ("finish " + ch.finish_reason if ch.finish_reason != "stop" else "a call" if ch.message.tool_calls
-                   else "no reasoning" if not reasoning else "no content" if not ch.message.content else "")
-            if why:
-                broken.append((effort, i, f"{why}: {(ch.message.content or reasoning or '')[-60:]!r}"))
+    for effort, i, ch in answers:
+        reasoning = _reasoning(ch)
+        why = ("finish " + ch.finish_reason if ch.finish_reason != "stop" else "a call" if ch.message.tool_calls
+               else "no reasoning" if not reasoning else "no content" if not ch.message.content else "")
+        if why:
+            broken.append((effort, i, f"{why}: {(ch.message.content or reasoning or '')[-60:]!r}"))
     return broken
 
 
-def analysis_words(url: str) -> dict[str, float]:
-    """Mean analysis length in words per effort over the eval prompts (the README's harmony table, and
-    tests/test_harmony_model.py's low < medium < high)."""
-    from openai import OpenAI
-
-    c = OpenAI(base_url=f"{url}/v1", api_key="unused")
-    model = c.models.list().data[0].id
-    means = {}
-    for effort in ("low", "medium", "high"):
-        words = [len(((c.chat.completions.create(model=model, messages=msgs, max_tokens=400, temperature=0,
-                                                   extra_body={"reasoning_effort": effort}).choices[0].message
-                       .model_extra or {}).get("reasoning_content") or "").split()) for msgs in EVAL_PROMPTS]
-        means[effort] = sum(words) / len(words)
-    return means
+def analysis_words(answers: list[tuple[str, int, object]]) -> dict[str, float]:
+    """Mean analysis length in words per effort (no tools offered) among `eval_answers`' (the README's
+    harmony table, and tests/test_harmony_model.py's low < medium < high)."""
+    words: dict[str, list[int]] = {}
+    for effort, _, ch in answers:
+        if not effort.startswith("tools-"):
+            words.setdefault(effort, []).append(len((_reasoning(ch) or "").split()))
+    return {e: sum(n) / len(n) for e, n in words.items()}
 
 
 def call_rates(url: str) -> dict[str, int]:
@@ -161,11 +161,12 @@ def check(models: list[Path], engines: list[str], tools: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="edgeport-served-check-") as tmp:
             for engine in engines:
                 with serving(export_for(model.resolve(), engine, Path(tmp) / engine)) as url:
-                    broken = broken_answers(url)
+                    answers = eval_answers(url)
+                    broken = broken_answers(answers)
                     print(f"{model} {engine}: broken {len(broken)} of 32", flush=True)
                     for b in broken:
                         print(f"  {b}", flush=True)
-                    words = " / ".join(f"{e} {n:.1f}" for e, n in analysis_words(url).items())
+                    words = " / ".join(f"{e} {n:.1f}" for e, n in analysis_words(answers).items())
                     print(f"{model} {engine}: mean analysis words {words}", flush=True)
                     if tools and engine == "gguf":
                         f = call_rates(url)

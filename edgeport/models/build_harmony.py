@@ -244,7 +244,11 @@ def chat_batch(conv: Conversations, tok: Tokenizer, n: int,
 
 
 def weighted_loss(model, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids).logits[:, :-1].float()
+    return weighted_ce(model(input_ids=ids).logits[:, :-1].float(), labels, weights)
+
+
+def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The per-token-weighted cross-entropy of next-token `logits` (positions 0..n-2) against labels 1..n-1."""
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100,
                                            reduction="none")
     w = weights[:, 1:]

@@ -376,6 +376,7 @@ from edgeport.models.build_harmony import (
     padded,
     schedule,
     update,
+    weighted_ce,
     weighted_loss,
 )
 
@@ -881,23 +882,25 @@ def unlikely_batch(model, tok: Tokenizer, conv: Conversations, tc: ToolConversat
     return (torch.stack(ul).mean() if ul else torch.zeros(())), rows
 
 
+def final_labels(labels: torch.Tensor, message_id: int) -> torch.Tensor:
+    """[rows, positions]: the labels of each row's final message (after its last labelled <|message|>)."""
+    at = torch.arange(labels.shape[1])
+    last = torch.where(labels == message_id, at, -1).max(1, keepdim=True).values
+    return (at > last) & (last >= 0) & (labels != -100)
+
+
 def final_candidates(labels: torch.Tensor, message_id: int, vocab: int) -> torch.Tensor:
     """[rows, positions, vocab] mask of token-level unlikelihood's negative candidates (Welleck et al.
-    2019): at each label of a row's final message (after its last labelled `<|message|>`), the tokens
-    that message held before it, less the label itself. The answers' loops copy a token the final just
-    wrote ("def _get_init_" -> "init"); the prompt's tokens are not candidates, so an answer may still
-    copy a tool's result or the user's values."""
+    2019): at each label of a row's final message (`final_labels`), the tokens that message held before
+    it, less the label itself. The answers' loops copy a token the final just wrote ("def _get_init_" ->
+    "init"); the prompt's tokens are not candidates, so an answer may still copy a tool's result or the
+    user's values."""
     mask = torch.zeros(*labels.shape, vocab, dtype=torch.bool)
-    for b, lab in enumerate(labels.tolist()):
-        starts = [i for i, t in enumerate(lab) if t == message_id]
-        if not starts:
-            continue
-        seen: set[int] = set()
-        for i in range(starts[-1] + 1, len(lab)):
-            if lab[i] == -100:
-                break
-            mask[b, i, list(seen - {lab[i]})] = True
-            seen.add(lab[i])
+    seen: dict[int, set[int]] = {}
+    for b, i in final_labels(labels, message_id).nonzero().tolist():  # row by row, in order
+        row, label = seen.setdefault(b, set()), int(labels[b, i])
+        mask[b, i, list(row - {label})] = True
+        row.add(label)
     return mask
 
 
@@ -906,20 +909,9 @@ def loss_with_final_ul(model, ids: torch.Tensor, labels: torch.Tensor, weights: 
     """(weighted_loss, token-level unlikelihood on the finals' repeats) from one forward pass: the mean
     over final-message labels of -sum log(1 - p(c)), c each of `final_candidates`."""
     logits = model(input_ids=ids).logits[:, :-1].float()
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100,
-                                           reduction="none")
-    w = weights[:, 1:]
     mask = final_candidates(labels, message_id, logits.shape[-1])[:, 1:]
-    p = logits.softmax(-1)
-    ul = -(torch.log((1 - p).clamp_min(1e-5)) * mask).sum(-1)
-    at = (labels[:, 1:] != -100) & _after_final(labels, message_id)[:, 1:]
-    return (ce * w).sum() / w.sum(), ul.sum() / at.sum().clamp_min(1)
-
-
-def _after_final(labels: torch.Tensor, message_id: int) -> torch.Tensor:
-    """[rows, positions]: the labels of each row's final message (after its last labelled <|message|>)."""
-    last = torch.where(labels == message_id, torch.arange(labels.shape[1]), -1).max(1, keepdim=True).values
-    return (torch.arange(labels.shape[1]) > last) & (last >= 0)
+    ul = -(torch.log((1 - logits.softmax(-1)).clamp_min(1e-5)) * mask).sum(-1)
+    return weighted_ce(logits, labels, weights), ul.sum() / final_labels(labels, message_id)[:, 1:].sum().clamp_min(1)
 
 
 def greedy_ids(model, tok: Tokenizer, prompt: list[int], max_new: int = 120) -> list[int]:
